@@ -1,0 +1,224 @@
+"""Turning submitted bytes into a valid, normalised event, or a coded rejection.
+
+Decisions where EVENTS.md is silent (written down here, as it asks):
+- Every string is trimmed; an optional string that is empty after trimming is
+  treated as absent (null). Enum values must be written exactly.
+- Length limits (`schemas.events`) apply to the submitted string.
+- `jurisdiction` is upper-cased and must be an ISO 3166-1 alpha-2 code
+  (`schemas.countries`).
+- Charge points are lower-cased; Cyrillic points are written in Latin letters by
+  their place in the alphabet of legal enumeration (which skips ё, й, ъ, ы, ь):
+  а→a, б→b, в→c, г→d, д→e, е→f, ж→g, ...
+- Dates lie in 1900 or later. `occurred_on` and `published_on` may not begin after
+  the recording day (UTC); `until` may lie ahead. A `birth_year` may not lie ahead.
+- A correction's `replacement` carries no `event_id` and no `expected_version`, and
+  names the same `case_id` as the correction (`schema` otherwise).
+- An empty `event_id` or `case_id` breaks the identifier pattern (`bad_id`).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import msgspec
+from msgspec import UNSET, Struct
+
+from schemas.countries import ISO_3166_ALPHA2
+from schemas.dates import MIN_YEAR, BadDate, check_not_future, parse_full, parse_partial
+from schemas.errors import Code, Rejected
+from schemas.events import (
+    CaseOpened,
+    Charge,
+    Event,
+    EventBase,
+    EventCorrected,
+    EventRetracted,
+    Remanded,
+    RemandExtended,
+    event_decoder,
+)
+
+MAX_EVENT_BYTES = 64 * 1024
+MAX_BATCH_EVENTS = 1000
+
+EVENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+CASE_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,79}")
+
+_CYRILLIC_POINTS = "абвгдежзиклмнопрстуфхцчшщэюя"
+_POINT_TO_LATIN = {c: chr(ord("a") + i) for i, c in enumerate(_CYRILLIC_POINTS[:26])}
+
+_ID_FIELDS = frozenset({"event_id", "case_id", "target_event_id"})
+_MSGSPEC_PATH = re.compile(r"^(.*?)(?: - at `(\$[^`]*)`)?$", re.S)
+
+
+def _required_strings(cls: type[Struct]) -> frozenset[str]:
+    info = msgspec.inspect.type_info(cls)
+    return frozenset(f.name for f in info.fields if isinstance(f.type, msgspec.inspect.StrType))
+
+
+_REQUIRED: dict[type, frozenset[str]] = {}
+
+
+def _required(cls: type[Struct]) -> frozenset[str]:
+    found = _REQUIRED.get(cls)
+    if found is None:
+        found = _REQUIRED[cls] = _required_strings(cls)
+    return found
+
+
+class _Findings:
+    """Collects what is wrong and keeps the one EVENTS.md says to report first."""
+
+    __slots__ = ("first",)
+
+    def __init__(self) -> None:
+        self.first: Rejected | None = None
+
+    def add(self, code: Code, path: str, message: str) -> None:
+        found = Rejected(code, f"`{path}`: {message}")
+        if self.first is None or found.rank < self.first.rank:
+            self.first = found
+
+
+def _trim(obj: Struct, path: str, findings: _Findings) -> None:
+    """Trim every string in place; flag empty required ones; empty optional ones become null."""
+    required = _required(type(obj))
+    for name in obj.__struct_fields__:
+        value = getattr(obj, name)
+        if isinstance(value, str):
+            text = value.strip()
+            if not text and name not in _ID_FIELDS:
+                if name in required:
+                    findings.add(Code.SCHEMA, f"{path}.{name}", "must not be empty")
+                else:
+                    text = None  # type: ignore[assignment]
+            if text is not value:
+                setattr(obj, name, text)
+        elif isinstance(value, Struct):
+            _trim(value, f"{path}.{name}", findings)
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                if isinstance(item, str):
+                    text = item.strip()
+                    if not text:
+                        findings.add(Code.SCHEMA, f"{path}.{name}[{i}]", "must not be empty")
+                    value[i] = text
+                elif isinstance(item, Struct):
+                    _trim(item, f"{path}.{name}[{i}]", findings)
+
+
+def _check_id(value: object, pattern: re.Pattern[str], path: str, findings: _Findings) -> None:
+    if value is UNSET:
+        findings.add(Code.SCHEMA, path, "missing required field")
+    elif not isinstance(value, str) or pattern.fullmatch(value) is None:
+        findings.add(
+            Code.BAD_ID, path, f"{value!r} does not match the pattern {pattern.pattern}"
+        )
+
+
+def _check_date(check, value: str | None, path: str, findings: _Findings) -> None:
+    if value is None:
+        return
+    try:
+        check(value)
+    except BadDate as exc:
+        findings.add(Code.BAD_DATE, path, str(exc))
+
+
+def _normalise_charges(charges: list[Charge]) -> None:
+    for charge in charges:
+        charge.points = ["".join(_POINT_TO_LATIN.get(c, c) for c in p.lower()) for p in charge.points]
+
+
+def _check_fact(event: EventBase, path: str, today: dt.date, findings: _Findings) -> None:
+    """The rules shared by a top-level event and a correction's replacement."""
+    _check_id(event.case_id, CASE_ID, f"{path}.case_id", findings)
+    def not_future(value: str) -> None:
+        check_not_future(value, today)
+
+    _check_date(not_future, event.occurred_on, f"{path}.occurred_on", findings)
+    for i, source in enumerate(event.sources):
+        _check_date(not_future, source.published_on, f"{path}.sources[{i}].published_on", findings)
+
+    match event:
+        case CaseOpened(person=person):
+            event.jurisdiction = event.jurisdiction.upper()
+            if event.jurisdiction not in ISO_3166_ALPHA2:
+                findings.add(
+                    Code.SCHEMA,
+                    f"{path}.jurisdiction",
+                    f"{event.jurisdiction!r} is not an ISO 3166-1 alpha-2 country code",
+                )
+            year = person.birth_year
+            if year is not None and not MIN_YEAR <= year <= today.year:
+                findings.add(
+                    Code.BAD_DATE,
+                    f"{path}.person.birth_year",
+                    f"{year} is not a year between {MIN_YEAR} and {today.year}",
+                )
+        case Remanded() | RemandExtended():
+            _check_date(parse_full, event.until, f"{path}.until", findings)
+        case _:
+            pass
+    charges = getattr(event, "charges", None)
+    if charges:
+        _normalise_charges(charges)
+
+
+def validate(event: Event, today: dt.date) -> Event:
+    """Normalise `event` in place and check the rules beyond its structure.
+
+    Raises the Rejected that EVENTS.md's precedence puts first.
+    """
+    findings = _Findings()
+    _trim(event, "$", findings)
+    _check_id(event.event_id, EVENT_ID, "$.event_id", findings)
+    _check_fact(event, "$", today, findings)
+    if isinstance(event, EventCorrected | EventRetracted):
+        _check_id(event.target_event_id, EVENT_ID, "$.target_event_id", findings)
+    if isinstance(event, EventCorrected):
+        replacement = event.replacement
+        if replacement.event_id is not UNSET:
+            findings.add(
+                Code.SCHEMA,
+                "$.replacement.event_id",
+                "a replacement keeps the id of the event it corrects: leave event_id out",
+            )
+        if replacement.expected_version is not None:
+            findings.add(
+                Code.SCHEMA, "$.replacement.expected_version", "not allowed in a replacement"
+            )
+        if replacement.case_id != event.case_id:
+            findings.add(
+                Code.SCHEMA,
+                "$.replacement.case_id",
+                f"{replacement.case_id!r} differs from the correction's case_id {event.case_id!r}",
+            )
+        _check_fact(replacement, "$.replacement", today, findings)
+    if findings.first is not None:
+        raise findings.first
+    return event
+
+
+def _from_msgspec(exc: msgspec.ValidationError) -> Rejected:
+    text, path = _MSGSPEC_PATH.match(str(exc)).groups()  # type: ignore[union-attr]
+    path = path or "$"
+    if path == "$" and text.startswith("Expected `object`"):
+        return Rejected(Code.MALFORMED, f"`$`: an event must be a JSON object ({text})")
+    return Rejected(Code.SCHEMA, f"`{path}`: {text[0].lower()}{text[1:]}")
+
+
+def decode_event(raw: bytes, today: dt.date) -> Event:
+    """Decode and validate one submitted event; raise Rejected with its code."""
+    if len(raw) > MAX_EVENT_BYTES:
+        raise Rejected(
+            Code.TOO_LARGE, f"`$`: the event is {len(raw):,} bytes; the limit is {MAX_EVENT_BYTES:,}"
+        )
+    try:
+        event = event_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise _from_msgspec(exc) from None
+    except msgspec.DecodeError as exc:
+        raise Rejected(Code.MALFORMED, f"`$`: not valid JSON ({exc})") from None
+    return validate(event, today)

@@ -1,0 +1,153 @@
+"""Reading CASETRAIL_LOG: in order, from any position, in batches.
+
+An ordered consumer with a start sequence needs no acks and no server-side state,
+and nats-py reads about five times faster from it than with pull `fetch`; its
+callback is the fast path (a `next_msg` loop is several times slower).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from services import subjects
+
+
+class StreamState(msgspec.Struct, kw_only=True):
+    messages: int = 0
+    bytes: int = 0
+    first_seq: int = 0
+    last_seq: int = 0
+    first_ts: str | None = None
+    last_ts: str | None = None
+    num_subjects: int = 0
+    subjects: dict[str, int] | None = None
+
+
+class _Info(msgspec.Struct):
+    state: StreamState | None = None
+    error: dict[str, Any] | None = None
+
+
+_info_decoder = msgspec.json.Decoder(_Info)
+
+
+async def stream_state(
+    nc: Client, stream: str = subjects.LOG_STREAM, subjects_filter: str | None = None
+) -> StreamState:
+    """The stream's state straight from the JetStream API (nats-py drops some fields).
+
+    With `subjects_filter` the per-subject counts are fetched too, page by page.
+    """
+    counts: dict[str, int] = {}
+    offset = 0
+    while True:
+        body = b""
+        if subjects_filter:
+            body = msgspec.json.encode({"subjects_filter": subjects_filter, "offset": offset})
+        reply = await nc.request(f"$JS.API.STREAM.INFO.{stream}", body, timeout=10)
+        info = _info_decoder.decode(reply.data)
+        if info.error or info.state is None:
+            raise LookupError(f"stream {stream}: {info.error}")
+        state = info.state
+        if not subjects_filter:
+            return state
+        page = state.subjects or {}
+        counts.update(page)
+        offset += len(page)
+        if not page or offset >= state.num_subjects:
+            state.subjects = counts
+            return state
+
+
+class LogReader:
+    """Delivers `(seq, data)` pairs of the log in order, batched as they arrive.
+
+    `start_seq` is the first position wanted; `stop_seq`, when given, the last (the
+    reader ends there); otherwise it follows the log for ever.
+    """
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        start_seq: int = 1,
+        stop_seq: int | None = None,
+        subject: str = subjects.LOG_ALL,
+        headers_only: bool = False,
+    ) -> None:
+        self._js = js
+        self.start_seq = max(1, start_seq)
+        self.stop_seq = stop_seq
+        self._subject = subject
+        self._headers_only = headers_only
+        self._buffer: list[tuple[int, bytes]] = []
+        self._ready = asyncio.Event()
+        self._sub: Any = None
+        self.position = self.start_seq - 1
+
+    async def _on_msg(self, msg: Msg) -> None:
+        self._buffer.append((msg.metadata.sequence.stream, msg.data))
+        self._ready.set()
+
+    async def __aenter__(self) -> LogReader:
+        if self.stop_seq is None or self.stop_seq >= self.start_seq:
+            self._sub = await self._js.subscribe(
+                self._subject,
+                ordered_consumer=True,
+                cb=self._on_msg,
+                config=ConsumerConfig(
+                    deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                    opt_start_seq=self.start_seq,
+                    headers_only=self._headers_only or None,
+                ),
+                pending_msgs_limit=1_000_000,
+                pending_bytes_limit=1 << 30,
+            )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        if self._sub is not None:
+            sub, self._sub = self._sub, None
+            try:
+                await sub.unsubscribe()
+            except Exception:  # the connection may be gone already
+                pass
+
+    async def batches(self, max_batch: int = 5000) -> AsyncIterator[list[tuple[int, bytes]]]:
+        if self._sub is None:
+            return
+        while True:
+            await self._ready.wait()
+            while self._buffer:
+                batch = self._buffer[:max_batch]
+                del self._buffer[: len(batch)]
+                if self.stop_seq is not None and batch[-1][0] >= self.stop_seq:
+                    batch = [item for item in batch if item[0] <= self.stop_seq]
+                    if batch:
+                        self.position = batch[-1][0]
+                        yield batch
+                    return
+                self.position = batch[-1][0]
+                yield batch
+            self._ready.clear()
+
+
+async def read_log(
+    js: JetStreamContext, start_seq: int = 1, stop_seq: int | None = None, **options: Any
+) -> AsyncIterator[list[tuple[int, bytes]]]:
+    """Batches of the log from `start_seq` to `stop_seq` (or its current end)."""
+    if stop_seq is None:
+        stop_seq = (await js.stream_info(subjects.LOG_STREAM)).state.last_seq
+    async with LogReader(js, start_seq, stop_seq, **options) as reader:
+        async for batch in reader.batches():
+            yield batch

@@ -1,0 +1,111 @@
+"""`casetrail serve recorder`: the FastStream service in front of `services.recording`.
+
+It answers `casetrail.intake.<publisher>` in the `casetrail-recorders` queue group;
+the last token of the subject is the publisher's identity (NATS permissions let each
+publisher publish only there). Start as many as you like: they share nothing but
+the log.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from fast_depends.msgspec import MsgSpecSerializer
+from faststream import FastStream
+from faststream.nats import NatsBroker
+from faststream.nats.annotations import NatsMessage
+
+from schemas.intake import reply_encoder
+from services import subjects
+from services.connection import connect
+from services.recording import Recorder, ServiceUnavailable
+from services.settings import Settings
+
+log = logging.getLogger("casetrail.recorder")
+
+# Requests handled at once by one recorder; cases are locked one by one inside.
+CONCURRENCY = 16
+
+
+class ServiceError(msgspec.Struct):
+    code: str
+    message: str
+
+
+class ErrorReply(msgspec.Struct):
+    error: ServiceError
+
+
+def unavailable(message: str) -> bytes:
+    return msgspec.json.encode(ErrorReply(ServiceError("unavailable", message)))
+
+
+async def _raw_body(message: NatsMessage) -> bytes:  # type: ignore[valid-type]
+    return message.body  # type: ignore[attr-defined]
+
+
+class RecorderService:
+    """The recorder's FastStream broker and the Recorder it hands submissions to."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.recorder: Recorder | None = None
+        self.broker = NatsBroker(
+            settings.nats_url,
+            serializer=MsgSpecSerializer(),
+            max_reconnect_attempts=-1,
+            name="casetrail-recorder-intake",
+            log_level=logging.DEBUG,  # one line per message is too much at INFO
+        )
+        self.broker.subscriber(
+            subjects.INTAKE_ALL,
+            queue=subjects.RECORDER_QUEUE,
+            decoder=_raw_body,
+            max_workers=CONCURRENCY,
+            title="intake",
+            description="Submit one event or {'events': [...]}; one result per event.",
+        )(self.intake)
+
+    async def intake(self, body: bytes, message: NatsMessage) -> bytes:  # type: ignore[valid-type]
+        publisher = subjects.last_token(message.raw_message.subject)  # type: ignore[attr-defined]
+        assert self.recorder is not None
+        try:
+            reply = await self.recorder.submit(publisher, body)
+        except ServiceUnavailable as exc:
+            log.warning("submission from %s not recorded: %s", publisher, exc)
+            return unavailable(str(exc))
+        return reply_encoder.encode(reply)
+
+    async def start_recorder(self) -> None:
+        """Read the log before the intake subscription starts: decisions need it."""
+        nc = await connect(self.settings, "casetrail-recorder-log")
+        self.recorder = Recorder(nc, nc.jetstream(timeout=self.settings.request_timeout_s))
+        await self.recorder.start()
+
+    async def stop_recorder(self) -> None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            await recorder.stop()
+            await recorder.nc.drain()
+
+    async def start(self) -> None:
+        """Start without a FastStream app (tests, benchmarks)."""
+        await self.start_recorder()
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        await self.broker.stop()
+        await self.stop_recorder()
+
+
+def build(settings: Settings) -> FastStream:
+    service = RecorderService(settings)
+    app = FastStream(service.broker)
+    app.on_startup(service.start_recorder)
+    app.after_shutdown(service.stop_recorder)
+    return app
+
+
+async def serve(settings: Settings) -> None:
+    await build(settings).run()

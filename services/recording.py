@@ -1,0 +1,516 @@
+"""The recorder's core: decide each submitted event, chain it, append it to the log.
+
+What the recorder knows of the log (case heads, event ids) it reads from the log
+itself: all of it at start, then by following the log. That knowledge may lag
+behind the log (another recorder may just have written); JetStream corrects it:
+
+- every case's first record in an append carries
+  `Nats-Expected-Last-Subject-Sequence` (the seq of the case's last record, 0 for
+  a new case), so a stale head is refused (10071) instead of forking the chain;
+- every record carries `Nats-Msg-Id: <event_id>`, so within the duplicate window a
+  second copy is refused (10201 in a batch) even before the follower has seen it;
+- beyond the window, idempotency comes from the index, which holds every
+  event_id of the log.
+
+A refusal from JetStream, a timeout, or a rejection that rests on something being
+absent (`unknown_case`, `unknown_target`, a too-new `expected_version`) sends the
+recorder to catch up with the head of the log before it decides again.
+
+The events of one submission are appended as one JetStream atomic batch: all of
+them or none, with one acknowledgement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import uuid
+import weakref
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+
+import msgspec
+from nats.aio.client import Client
+from nats.errors import TimeoutError as NatsTimeout
+from nats.js import JetStreamContext
+
+from schemas.dates import utc_now_rfc3339, utc_today
+from schemas.errors import Code, Rejected
+from schemas.events import AMENDMENT_TYPES, CaseOpened, EventBase, canonical_bytes
+from schemas.intake import SubmitReply, SubmitResult, peek_event_id, split_submission
+from schemas.record import GENESIS, Record, chain_hash, decode_record, encode_record
+from schemas.validation import decode_event
+from services import subjects
+from services.log import LogReader, stream_state
+
+log = logging.getLogger("casetrail.recorder")
+
+MAX_ATTEMPTS = 30
+WRONG_LAST_SEQUENCE = 10071
+BATCH_DUPLICATE_ID = 10201
+HEADER_LIMIT = 1000
+
+
+class ServiceUnavailable(Exception):
+    """The log could not be written now; the submission may be retried unchanged."""
+
+
+# --- what the recorder knows of the log -------------------------------------------
+
+
+class _Keys(msgspec.Struct):
+    type: str
+    event_id: str
+    case_id: str
+
+
+class _IndexView(msgspec.Struct):
+    case_version: int
+    hash: str
+    event: _Keys
+
+
+_index_decoder = msgspec.json.Decoder(_IndexView)
+
+
+class CaseHead:
+    """The last record of a case: its stream seq, case_version and hash."""
+
+    __slots__ = ("seq", "version", "hash")
+
+    def __init__(self, seq: int, version: int, hash: str) -> None:
+        self.seq = seq
+        self.version = version
+        self.hash = hash
+
+
+class LogIndex:
+    """Case heads and every event id of the log, kept up to date by following it."""
+
+    def __init__(self) -> None:
+        self.heads: dict[str, CaseHead] = {}
+        # event_id -> (seq, case_id, is a fact event: a valid correction target)
+        self.ids: dict[str, tuple[int, str, bool]] = {}
+        self.position = 0
+        self._advanced = asyncio.Event()
+
+    def note(self, seq: int, case_id: str, event_id: str, is_fact: bool, version: int, hash: str) -> None:
+        head = self.heads.get(case_id)
+        if head is None or seq > head.seq:
+            self.heads[case_id] = CaseHead(seq, version, hash)
+        self.ids[event_id] = (seq, case_id, is_fact)
+
+    def apply(self, batch: list[tuple[int, bytes]]) -> None:
+        for seq, data in batch:
+            view = _index_decoder.decode(data)
+            event = view.event
+            self.note(
+                seq,
+                event.case_id,
+                event.event_id,
+                event.type not in _AMENDMENT_TAGS,
+                view.case_version,
+                view.hash,
+            )
+        if batch:
+            self.position = batch[-1][0]
+            self._advanced.set()
+            self._advanced.clear()
+
+    async def wait_for(self, seq: int, timeout: float) -> None:
+        async with asyncio.timeout(timeout):
+            while self.position < seq:
+                await self._advanced.wait()
+
+
+_AMENDMENT_TAGS = frozenset(t.__struct_config__.tag for t in AMENDMENT_TYPES)
+
+
+# --- deciding ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Item:
+    index: int
+    raw: bytes
+    event: EventBase
+    canonical: bytes
+
+
+@dataclass(slots=True)
+class _Planned:
+    item: _Item
+    record: Record
+    body: bytes
+    expected_subject_seq: int | None  # set on the first record of its case in the batch
+
+
+@dataclass
+class _Plan:
+    appends: list[_Planned] = field(default_factory=list)
+    results: dict[int, SubmitResult] = field(default_factory=dict)
+    rejected: dict[int, Rejected] = field(default_factory=dict)
+    # Rejections that may only reflect a lagging index.
+    doubtful: bool = False
+
+
+def _rejected(event_id: str | None, exc: Rejected) -> SubmitResult:
+    return SubmitResult(event_id=event_id, status="rejected", code=exc.code.value, message=exc.message)
+
+
+class Recorder:
+    """Records submissions on behalf of publishers; one per process, any number per log."""
+
+    def __init__(
+        self,
+        nc: Client,
+        js: JetStreamContext,
+        *,
+        clock: Callable[[], str] = utc_now_rfc3339,
+        today: Callable[[], object] = utc_today,
+        publish_timeout: float = 10.0,
+    ) -> None:
+        self.nc = nc
+        self.js = js
+        self.index = LogIndex()
+        self._clock = clock
+        self._today = today
+        self._publish_timeout = publish_timeout
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._reader: LogReader | None = None
+        self._follow_task: asyncio.Task[None] | None = None
+
+    # -- life cycle
+
+    async def start(self) -> None:
+        """Read the whole log into the index, then keep following it."""
+        head = (await stream_state(self.nc)).last_seq
+        self._reader = LogReader(self.js, start_seq=1)
+        await self._reader.__aenter__()
+        self._follow_task = asyncio.create_task(self._follow(), name="recorder-follow")
+        if head:
+            await self.index.wait_for(head, timeout=3600)
+        log.info("recorder ready: %d records, %d cases", len(self.index.ids), len(self.index.heads))
+
+    async def _follow(self) -> None:
+        assert self._reader is not None
+        async for batch in self._reader.batches():
+            self.index.apply(batch)
+
+    async def stop(self) -> None:
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow_task
+        if self._reader is not None:
+            await self._reader.close()
+
+    async def catch_up(self) -> None:
+        """Wait until the index holds everything the log held a moment ago."""
+        try:
+            head = (await stream_state(self.nc)).last_seq
+            await self.index.wait_for(head, timeout=self._publish_timeout)
+        except (TimeoutError, NatsTimeout) as exc:
+            raise ServiceUnavailable(f"could not catch up with the log: {exc!r}") from None
+
+    # -- submissions
+
+    async def submit(self, publisher: str, body: bytes) -> SubmitReply:
+        """Decide every event of one request; the reply has one result per event, in order."""
+        submission = split_submission(body)
+        raws: list[bytes] = [bytes(r) for r in submission.events]
+        results: list[SubmitResult | None] = [None] * len(raws)
+        refusals: dict[int, Rejected] = {}
+        valid: list[_Item] = []
+        if submission.refused is not None:
+            for i, raw in enumerate(raws):
+                refusals[i] = submission.refused
+        else:
+            today = self._today()
+            for i, raw in enumerate(raws):
+                try:
+                    event = decode_event(raw, today)  # type: ignore[arg-type]
+                except Rejected as exc:
+                    refusals[i] = exc
+                else:
+                    valid.append(_Item(i, raw, event, canonical_bytes(event)))
+        if valid:
+            recorded, late_refusals = await self._record(publisher, valid)
+            for i, result in recorded.items():
+                results[i] = result
+            refusals.update(late_refusals)
+        for i, exc in refusals.items():
+            results[i] = _rejected(peek_event_id(raws[i]), exc)
+        if refusals:
+            await self._store_rejects(publisher, [(raws[i], refusals[i], results[i]) for i in sorted(refusals)])
+        return SubmitReply(results=results)  # type: ignore[arg-type]
+
+    async def _record(
+        self, publisher: str, items: list[_Item]
+    ) -> tuple[dict[int, SubmitResult], dict[int, Rejected]]:
+        cases = sorted({item.event.case_id for item in items})
+        async with self._case_locks(cases):
+            caught_up = False
+            for attempt in range(MAX_ATTEMPTS):
+                plan = await self._plan(publisher, items)
+                if plan.doubtful and not caught_up:
+                    await self.catch_up()
+                    caught_up = True
+                    continue
+                if not plan.appends:
+                    return plan.results, plan.rejected
+                try:
+                    first_seq = await self._append(plan.appends)
+                except _Retry as why:
+                    log.debug("append retried (%s), attempt %d", why, attempt + 1)
+                    await asyncio.sleep(random.uniform(0, 0.002 * attempt))
+                    await self.catch_up()
+                    caught_up = True
+                    continue
+                for offset, planned in enumerate(plan.appends):
+                    seq = first_seq + offset
+                    planned.record.seq = seq
+                    event = planned.item.event
+                    self.index.note(
+                        seq,
+                        event.case_id,
+                        event.event_id,  # type: ignore[arg-type]
+                        not isinstance(event, AMENDMENT_TYPES),
+                        planned.record.case_version,
+                        planned.record.hash,
+                    )
+                    plan.results[planned.item.index] = SubmitResult(
+                        event_id=event.event_id,  # type: ignore[arg-type]
+                        status="accepted",
+                        seq=seq,
+                        case_version=planned.record.case_version,
+                    )
+                # Duplicates of events first seen in this very submission point at them.
+                for i, result in plan.results.items():
+                    if result.status == "duplicate" and result.seq is None:
+                        original = self.index.ids[result.event_id][0]  # type: ignore[index]
+                        plan.results[i] = SubmitResult(
+                            event_id=result.event_id,
+                            status="duplicate",
+                            seq=original,
+                            case_version=result.case_version,
+                        )
+                return plan.results, plan.rejected
+        raise ServiceUnavailable(f"the log refused the append {MAX_ATTEMPTS} times")
+
+    @contextlib.asynccontextmanager
+    async def _case_locks(self, cases: Iterable[str]) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for case_id in cases:  # sorted by the caller: no lock-order deadlock
+                lock = self._locks.get(case_id)
+                if lock is None:
+                    lock = self._locks[case_id] = asyncio.Lock()
+                await stack.enter_async_context(lock)
+            yield
+
+    async def _stored(self, seqs: set[int]) -> dict[int, Record]:
+        async def one(seq: int) -> tuple[int, Record]:
+            msg = await self.js.get_msg(subjects.LOG_STREAM, seq=seq, direct=True)
+            return seq, decode_record(msg.data, seq)  # type: ignore[arg-type]
+
+        return dict(await asyncio.gather(*(one(s) for s in seqs)))
+
+    async def _plan(self, publisher: str, items: list[_Item]) -> _Plan:
+        plan = _Plan()
+        index = self.index
+        known = {item.event.event_id for item in items} & index.ids.keys()
+        stored = await self._stored({index.ids[e][0] for e in known}) if known else {}
+        stored_canonical = {
+            rec.event.event_id: (rec, canonical_bytes(rec.event)) for rec in stored.values()
+        }
+        # The draft: heads and ids as they will be once this plan is appended.
+        heads: dict[str, tuple[int, str]] = {}
+        first_seq: dict[str, int] = {}
+        drafted: dict[str, tuple[bytes, str, bool, int]] = {}
+        for item in items:
+            event = item.event
+            event_id: str = event.event_id  # type: ignore[assignment]
+            case_id = event.case_id
+            # Duplicate check: before any case rule.
+            if event_id in drafted:
+                canonical, _, _, version = drafted[event_id]
+                if canonical == item.canonical:
+                    plan.results[item.index] = SubmitResult(
+                        event_id=event_id, status="duplicate", case_version=version
+                    )
+                else:
+                    plan.rejected[item.index] = _conflict(event_id)
+                continue
+            if event_id in stored_canonical:
+                record, canonical = stored_canonical[event_id]
+                if canonical == item.canonical:
+                    plan.results[item.index] = SubmitResult(
+                        event_id=event_id,
+                        status="duplicate",
+                        seq=record.seq,  # type: ignore[arg-type]
+                        case_version=record.case_version,
+                    )
+                else:
+                    plan.rejected[item.index] = _conflict(event_id)
+                continue
+            if case_id in heads:
+                version, prev_hash = heads[case_id]
+                exists = True
+            elif case_id in index.heads:
+                head = index.heads[case_id]
+                version, prev_hash = head.version, head.hash
+                first_seq[case_id] = head.seq
+                exists = True
+            else:
+                version, prev_hash, exists = 0, GENESIS, False
+            problem = self._case_rule(event, exists, version, drafted)
+            if problem is not None:
+                plan.rejected[item.index], doubtful = problem
+                plan.doubtful = plan.doubtful or doubtful
+                continue
+            if not exists:
+                first_seq.setdefault(case_id, 0)
+            version += 1
+            recorded_at = self._clock()
+            digest = chain_hash(prev_hash, version, recorded_at, publisher, item.canonical)
+            record = Record(
+                recorded_at=recorded_at,
+                recorded_by=publisher,
+                case_version=version,
+                prev_hash=prev_hash,
+                hash=digest,
+                event=event,  # type: ignore[arg-type]
+            )
+            expected = first_seq.pop(case_id, None)
+            plan.appends.append(_Planned(item, record, encode_record(record), expected))
+            heads[case_id] = (version, digest)
+            drafted[event_id] = (item.canonical, case_id, not isinstance(event, AMENDMENT_TYPES), version)
+        return plan
+
+    def _case_rule(
+        self, event: EventBase, exists: bool, version: int, drafted: dict[str, tuple[bytes, str, bool, int]]
+    ) -> tuple[Rejected, bool] | None:
+        """The case rules, in EVENTS.md's order; with whether a lagging index could explain it."""
+        case_id = event.case_id
+        if not exists and not isinstance(event, CaseOpened):
+            return Rejected(
+                Code.UNKNOWN_CASE,
+                f"`$.case_id`: no case {case_id!r} in the log; a case begins with case_opened",
+            ), True
+        if exists and isinstance(event, CaseOpened):
+            return Rejected(Code.CASE_EXISTS, f"`$.case_id`: the case {case_id!r} is already open"), False
+        if isinstance(event, AMENDMENT_TYPES):
+            target = event.target_event_id
+            found = drafted.get(target)
+            entry = (found[1], found[2]) if found else None
+            if entry is None and target in self.index.ids:
+                _, target_case, is_fact = self.index.ids[target]
+                entry = (target_case, is_fact)
+            if target == event.event_id or entry is None or entry[0] != case_id:
+                return Rejected(
+                    Code.UNKNOWN_TARGET,
+                    f"`$.target_event_id`: no event {target!r} in case {case_id!r}",
+                ), entry is None
+            if not entry[1]:
+                return Rejected(
+                    Code.UNKNOWN_TARGET,
+                    f"`$.target_event_id`: {target!r} is a correction or retraction; "
+                    "amend the original event instead",
+                ), False
+        expected = event.expected_version
+        if expected is not None and expected != version:
+            return Rejected(
+                Code.VERSION_CONFLICT,
+                f"`$.expected_version`: the case holds {version} events, not {expected}",
+            ), expected > version
+        return None
+
+    async def _append(self, appends: list[_Planned]) -> int:
+        """Publish the records as one atomic batch; return the seq of the first."""
+        batch_id = uuid.uuid4().hex
+        last = len(appends)
+        publish = self.nc.publish
+        try:
+            for n, planned in enumerate(appends, 1):
+                headers = {
+                    "Nats-Msg-Id": planned.item.event.event_id,
+                    "Nats-Batch-Id": batch_id,
+                    "Nats-Batch-Sequence": str(n),
+                }
+                if planned.expected_subject_seq is not None:
+                    headers["Nats-Expected-Last-Subject-Sequence"] = str(planned.expected_subject_seq)
+                subject = subjects.log(planned.item.event.case_id)
+                if n < last:
+                    await publish(subject, planned.body, headers=headers)
+                else:
+                    headers["Nats-Batch-Commit"] = "1"
+                    reply = await self.nc.request(
+                        subject, planned.body, headers=headers, timeout=self._publish_timeout
+                    )
+        except NatsTimeout:
+            raise _Retry("no acknowledgement in time") from None
+        ack = _ack_decoder.decode(reply.data)
+        if ack.error is not None:
+            code = ack.error.get("err_code")
+            if code in (WRONG_LAST_SEQUENCE, BATCH_DUPLICATE_ID):
+                raise _Retry(ack.error.get("description", code))
+            raise ServiceUnavailable(f"JetStream refused the append: {ack.error}")
+        if ack.count is not None and ack.count != last:
+            raise ServiceUnavailable(f"JetStream stored {ack.count} of {last} records")
+        return ack.seq - last + 1
+
+    async def _store_rejects(
+        self, publisher: str, rejected: list[tuple[bytes, Rejected, SubmitResult | None]]
+    ) -> None:
+        """Keep every refused submission with its code, message and original bytes."""
+        received_at = self._clock()
+        futures = []
+        for raw, exc, result in rejected:
+            headers = {
+                "Casetrail-Code": exc.code.value,
+                "Casetrail-Message": _header_value(exc.message),
+                "Casetrail-Publisher": publisher,
+                "Casetrail-Received-At": received_at,
+            }
+            if result is not None and result.event_id:
+                headers["Casetrail-Event-Id"] = _header_value(result.event_id)
+            futures.append(
+                await self.js.publish_async(
+                    subjects.rejects(exc.code.value, publisher), raw, headers=headers
+                )
+            )
+        for outcome in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                log.error("a rejected submission could not be kept in %s: %r", subjects.REJECTS_STREAM, outcome)
+
+
+class _Retry(Exception):
+    pass
+
+
+class _Ack(msgspec.Struct):
+    seq: int = 0
+    count: int | None = None
+    error: dict | None = None
+
+
+_ack_decoder = msgspec.json.Decoder(_Ack)
+
+
+def _conflict(event_id: str) -> Rejected:
+    return Rejected(
+        Code.EVENT_ID_CONFLICT,
+        f"`$.event_id`: {event_id!r} is already recorded with other content; "
+        "choose a new event_id, or correct the recorded event with event_corrected",
+    )
+
+
+def _header_value(text: str) -> str:
+    """Header values are one line; keep them short and printable."""
+    flat = " ".join(text.split())
+    return flat[:HEADER_LIMIT]
+
+
+__all__ = ["CaseHead", "LogIndex", "Recorder", "ServiceUnavailable"]

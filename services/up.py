@@ -1,0 +1,171 @@
+"""`casetrail up`: the whole system on one machine, supervised.
+
+An embedded nats-server with JetStream under DATA/nats, the streams, and every
+service as its own child process (`casetrail serve ...`, as compose runs them),
+each logging to DATA/logs. A service that dies is started again. SIGINT or
+SIGTERM stops the services, then the server. Started again on the same DATA, it
+carries on where it stopped: the log is the server's store, and each projection
+keeps its position in its own file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from services import subjects
+from services.connection import connect, quiet
+from services.natsserver import NatsServer
+from services.settings import Settings
+from services.streams import ensure_streams
+
+log = logging.getLogger("casetrail.up")
+
+RESTART_LIMIT = 5  # restarts within RESTART_WINDOW before a service is given up
+RESTART_WINDOW = 60.0
+
+
+@dataclass
+class Service:
+    """A child process running `casetrail serve <name> ...`."""
+
+    name: str
+    args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    restarts: list[float] = field(default_factory=list)
+
+    def start(self, env: dict[str, str] | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services", "serve", self.name, *self.args],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=env,
+            )
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if not self.running:
+            return
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+async def wait_for_recorder(settings: Settings, timeout: float = 120.0) -> None:
+    """Until a recorder answers on intake (an empty batch records nothing)."""
+    nc = await connect(settings, "casetrail-up-probe", error_cb=quiet)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                await nc.request(subjects.intake("up-probe"), b'{"events":[]}', timeout=2)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise TimeoutError("no recorder answered on intake") from None
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
+class System:
+    """The embedded server and the services of `casetrail up`."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 4222,
+        http_port: int = 8080,
+        services: tuple[str, ...] = ("recorder",),
+        sync_interval: str = "always",
+        on_event: Callable[[str], None] = lambda message: None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.server = NatsServer(data_dir / "nats", port=port, sync_interval=sync_interval)
+        self.settings = Settings.from_env(nats_url=self.server.url)
+        self.http_port = http_port
+        self.say = on_event
+        self.services = [self._service(name) for name in services]
+
+    def _service(self, name: str) -> Service:
+        args = ["--nats", self.server.url]
+        if name == "projector":
+            args += ["--db", str(self.data_dir / "projections" / "casetrail.duckdb")]
+        if name == "api":
+            args += ["--port", str(self.http_port)]
+        return Service(name, args, self.data_dir / "logs" / f"{name}.log")
+
+    async def start(self) -> None:
+        self.server.start()
+        await self.server.wait_ready()
+        self.say(f"nats-server listening on {self.server.url} (JetStream under {self.server.data_dir})")
+        nc = await connect(self.settings, "casetrail-up")
+        try:
+            for report in await ensure_streams(nc.jetstream(), self.settings):
+                self.say(f"stream {report.stream}: {report.outcome}")
+                for drift in report.drift:
+                    self.say(f"  drift: {drift.field} is {drift.actual!r}, expected {drift.expected!r}")
+        finally:
+            await nc.close()
+        for service in self.services:
+            service.start()
+            self.say(f"{service.name} started (log: {service.log_path})")
+        if any(s.name == "recorder" for s in self.services):
+            await wait_for_recorder(self.settings)
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart services that die, until `stop` is set."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=0.5)
+            if stop.is_set():
+                break
+            if not self.server.running:
+                self.say(f"nats-server exited; see {self.server.log_path}")
+                stop.set()
+                break
+            now = time.monotonic()
+            for service in self.services:
+                if service.process is None or service.running:
+                    continue
+                code = service.process.returncode
+                service.restarts = [t for t in service.restarts if now - t < RESTART_WINDOW]
+                if len(service.restarts) >= RESTART_LIMIT:
+                    self.say(f"{service.name} keeps failing (exit {code}); see {service.log_path}")
+                    service.process = None
+                    continue
+                service.restarts.append(now)
+                self.say(f"{service.name} exited with {code}; starting it again")
+                service.start()
+
+    def stop(self) -> None:
+        for service in reversed(self.services):
+            service.stop()
+        self.server.stop()
+
+
+def install_signal_handlers(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
