@@ -137,6 +137,9 @@ class NatsServer:
                     f"nats-server exited with {self.process.returncode}; see {self.log_path}"
                 )
             try:
+                # A bare TCP probe first: nats-py waits seconds after a refused connect.
+                _, writer = await asyncio.open_connection(self.host, self.port)
+                writer.close()
                 nc = await nats.connect(
                     self.url,
                     connect_timeout=1,
@@ -151,7 +154,7 @@ class NatsServer:
                     await nc.close()
             except Exception as exc:  # not up yet
                 last = exc
-                await asyncio.sleep(0.05)
+                await asyncio.sleep(0.02)
         raise NatsServerError(f"nats-server not ready after {timeout:.0f}s: {last!r}")
 
     def signal(self, sig: int) -> None:

@@ -93,6 +93,7 @@ class RecorderService:
         """Start without a FastStream app (tests, benchmarks)."""
         await self.start_recorder()
         await self.broker.start()
+        await self.broker.connection.flush()  # the server has the intake subscription now
 
     async def stop(self) -> None:
         await self.broker.stop()
