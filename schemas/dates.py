@@ -7,6 +7,7 @@ A partial date keeps its precision in its length; it is ordered by its lower bou
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 
 _PARTIAL = re.compile(r"(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?")
@@ -30,6 +31,7 @@ def lower_bound(value: str) -> dt.date:
     return dt.date(int(value[:4]), 1, 1)
 
 
+@functools.lru_cache(maxsize=1 << 16)  # the same days recur across many events
 def parse_partial(value: str) -> dt.date:
     """Check a partial date and return its lower bound; raise BadDate otherwise."""
     m = _PARTIAL.fullmatch(value)

@@ -57,8 +57,12 @@ IllTreatment = Literal[
 CloseReason = Literal["charges_dropped", "acquitted", "statute_of_limitations", "death", "other"]
 
 
-class _Part(Struct, kw_only=True, forbid_unknown_fields=True):
-    """A nested object of an event: strict like the events themselves."""
+class _Part(Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
+    """A nested object of an event: strict like the events themselves.
+
+    `gc=False` (here and on events): plain data never forms reference cycles, and
+    the collector need not walk millions of them.
+    """
 
 
 class Source(_Part):
@@ -106,7 +110,7 @@ Charges = Annotated[list[Charge], Meta(min_length=1, max_length=50)]
 OptionalCharges = Annotated[list[Charge], Meta(max_length=50)]
 
 
-class EventBase(Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type"):
+class EventBase(Struct, kw_only=True, forbid_unknown_fields=True, tag_field="type", gc=False):
     """The common fields of every event.
 
     `event_id` is required at the top level and absent in a correction's

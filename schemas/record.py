@@ -28,7 +28,7 @@ _SEP = b"\x00"
 _DOMAIN = b"casetrail.v1"
 
 
-class Record(Struct, kw_only=True, forbid_unknown_fields=True):
+class Record(Struct, kw_only=True, forbid_unknown_fields=True, gc=False):
     seq: int | UnsetType = UNSET
     recorded_at: str
     recorded_by: str
@@ -78,6 +78,24 @@ def encode_record(record: Record) -> bytes:
 def encode_record_line(record: Record) -> bytes:
     """One line of JSON Lines (the export format)."""
     return _encoder.encode(record) + b"\n"
+
+
+class _Envelope(Struct, gc=False):
+    """A record without its event, in the same field order as `Record`."""
+
+    recorded_at: str
+    recorded_by: str
+    case_version: int
+    prev_hash: str
+    hash: str
+
+
+def record_body(
+    recorded_at: str, recorded_by: str, case_version: int, prev_hash: str, hash: str, event_bytes: bytes
+) -> bytes:
+    """What the recorder stores: `encode_record` of the record, from the event's canonical bytes."""
+    head = _encoder.encode(_Envelope(recorded_at, recorded_by, case_version, prev_hash, hash))
+    return head[:-1] + b',"event":' + event_bytes + b"}"
 
 
 def decode_record(data: bytes, seq: int | None = None) -> Record:

@@ -25,7 +25,7 @@ import msgspec
 from msgspec import UNSET, Struct
 
 from schemas.countries import ISO_3166_ALPHA2
-from schemas.dates import MIN_YEAR, BadDate, check_not_future, parse_full, parse_partial
+from schemas.dates import MIN_YEAR, BadDate, check_not_future, parse_full
 from schemas.errors import Code, Rejected
 from schemas.events import (
     CaseOpened,
@@ -52,19 +52,38 @@ _ID_FIELDS = frozenset({"event_id", "case_id", "target_event_id"})
 _MSGSPEC_PATH = re.compile(r"^(.*?)(?: - at `(\$[^`]*)`)?$", re.S)
 
 
-def _required_strings(cls: type[Struct]) -> frozenset[str]:
-    info = msgspec.inspect.type_info(cls)
-    return frozenset(f.name for f in info.fields if isinstance(f.type, msgspec.inspect.StrType))
+# How each field of a Struct is trimmed, worked out once per class.
+_STR, _OPT_STR, _ID, _STRUCT, _STR_LIST, _STRUCT_LIST = range(6)
 
 
-_REQUIRED: dict[type, frozenset[str]] = {}
+def _kind(t: msgspec.inspect.Type) -> int | None:
+    inspect = msgspec.inspect
+    if isinstance(t, inspect.StrType):
+        return _STR
+    if isinstance(t, inspect.StructType):
+        return _STRUCT
+    if isinstance(t, inspect.ListType):
+        item = _kind(t.item_type)
+        return {_STR: _STR_LIST, _STRUCT: _STRUCT_LIST}.get(item)  # type: ignore[arg-type]
+    if isinstance(t, inspect.UnionType):
+        kinds = {_kind(x) for x in t.types} - {None}
+        if kinds == {_STR}:
+            return _OPT_STR
+        if kinds == {_STRUCT}:
+            return _STRUCT
+    return None  # numbers, booleans, enum values: nothing to trim
 
 
-def _required(cls: type[Struct]) -> frozenset[str]:
-    found = _REQUIRED.get(cls)
-    if found is None:
-        found = _REQUIRED[cls] = _required_strings(cls)
-    return found
+def _trim_plan(cls: type[Struct]) -> tuple[tuple[str, int], ...]:
+    plan = []
+    for f in msgspec.inspect.type_info(cls).fields:
+        kind = _ID if f.name in _ID_FIELDS else _kind(f.type)
+        if kind is not None:
+            plan.append((f.name, kind))
+    return tuple(plan)
+
+
+_PLANS: dict[type, tuple[tuple[str, int], ...]] = {}
 
 
 class _Findings:
@@ -83,29 +102,36 @@ class _Findings:
 
 def _trim(obj: Struct, path: str, findings: _Findings) -> None:
     """Trim every string in place; flag empty required ones; empty optional ones become null."""
-    required = _required(type(obj))
-    for name in obj.__struct_fields__:
+    cls = type(obj)
+    plan = _PLANS.get(cls)
+    if plan is None:
+        plan = _PLANS[cls] = _trim_plan(cls)
+    for name, kind in plan:
         value = getattr(obj, name)
-        if isinstance(value, str):
+        if value is None:
+            continue
+        if kind <= _ID:
+            if not isinstance(value, str):
+                continue  # an UNSET event_id: reported by the id check
             text = value.strip()
-            if not text and name not in _ID_FIELDS:
-                if name in required:
+            if not text and kind != _ID:
+                if kind == _STR:
                     findings.add(Code.SCHEMA, f"{path}.{name}", "must not be empty")
                 else:
                     text = None  # type: ignore[assignment]
             if text is not value:
                 setattr(obj, name, text)
-        elif isinstance(value, Struct):
+        elif kind == _STRUCT:
             _trim(value, f"{path}.{name}", findings)
-        elif isinstance(value, list):
+        elif kind == _STR_LIST:
             for i, item in enumerate(value):
-                if isinstance(item, str):
-                    text = item.strip()
-                    if not text:
-                        findings.add(Code.SCHEMA, f"{path}.{name}[{i}]", "must not be empty")
-                    value[i] = text
-                elif isinstance(item, Struct):
-                    _trim(item, f"{path}.{name}[{i}]", findings)
+                text = item.strip()
+                if not text:
+                    findings.add(Code.SCHEMA, f"{path}.{name}[{i}]", "must not be empty")
+                value[i] = text
+        else:
+            for i, item in enumerate(value):
+                _trim(item, f"{path}.{name}[{i}]", findings)
 
 
 def _check_id(value: object, pattern: re.Pattern[str], path: str, findings: _Findings) -> None:

@@ -8,14 +8,15 @@ Events may be `schemas` Structs, dicts or raw JSON bytes. An event without an
 `event_id` gets one (a UUIDv7) before its first attempt, so every retry reuses it;
 retries are therefore always safe: the recorder answers `duplicate` for what it
 already has. Batches are split by count (at most 1,000) and by size (what fits in
-one NATS message); batches that share a case are never in flight together, so a
-case's events are recorded in the order given.
+one NATS message) and sent on parallel lanes, all events of a case on the same
+lane, so a case's events are recorded in the order given.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
@@ -199,46 +200,34 @@ class Publisher:
     async def _pipeline(
         self, sendable: list[tuple[int, Prepared]]
     ) -> AsyncIterator[tuple[list[int], list[SubmitResult]]]:
-        """Send batches concurrently, but never two that share a case."""
-        busy: dict[str, int] = {}
-        state = {"in_flight": 0}
-        changed = asyncio.Condition()
-        finished: asyncio.Queue[asyncio.Task[tuple[list[int], list[SubmitResult]]]] = asyncio.Queue()
-        tasks: list[asyncio.Task[tuple[list[int], list[SubmitResult]]]] = []
-        yielded = 0
+        """Send batches on parallel lanes; all events of one case travel on one lane.
 
-        async def send(batch: list[tuple[int, Prepared]], cases: set[str]):
+        A lane sends its batches one after another, so a case's events are decided
+        in the order given; lanes share no case, so they need not wait for each other.
+        """
+        lanes: list[list[tuple[int, Prepared]]] = [[] for _ in range(self.in_flight)]
+        for item in sendable:
+            case = item[1].case_id
+            lanes[zlib.crc32(case.encode()) % self.in_flight if case else 0].append(item)
+        finished: asyncio.Queue[tuple[list[int], list[SubmitResult]] | BaseException] = asyncio.Queue()
+
+        async def run(lane: list[tuple[int, Prepared]]) -> None:
             try:
-                return [i for i, _ in batch], await self._request(_batch_body(batch), len(batch))
-            finally:
-                async with changed:
-                    state["in_flight"] -= 1
-                    for case in cases:
-                        busy[case] -= 1
-                        if not busy[case]:
-                            del busy[case]
-                    changed.notify_all()
+                for batch in batches(lane, self.batch_size, self.max_bytes):
+                    found = await self._request(_batch_body(batch), len(batch))
+                    finished.put_nowait(([i for i, _ in batch], found))
+            except BaseException as exc:  # handed to the consumer, who raises it
+                finished.put_nowait(exc)
 
-        def free(cases: set[str]) -> bool:
-            return state["in_flight"] < self.in_flight and not (cases & busy.keys())
-
+        tasks = [asyncio.create_task(run(lane)) for lane in lanes if lane]
+        remaining = len(sendable)
         try:
-            for batch in batches(sendable, self.batch_size, self.max_bytes):
-                cases = {e.case_id for _, e in batch if e.case_id is not None}
-                async with changed:
-                    await changed.wait_for(lambda: free(cases))
-                    state["in_flight"] += 1
-                    for case in cases:
-                        busy[case] = busy.get(case, 0) + 1
-                task = asyncio.create_task(send(batch, cases))
-                task.add_done_callback(finished.put_nowait)
-                tasks.append(task)
-                while not finished.empty():
-                    yielded += 1
-                    yield finished.get_nowait().result()
-            while yielded < len(tasks):
-                yielded += 1
-                yield (await finished.get()).result()
+            while remaining:
+                got = await finished.get()
+                if isinstance(got, BaseException):
+                    raise got
+                remaining -= len(got[0])
+                yield got
         finally:
             for task in tasks:
                 task.cancel()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import nats
@@ -32,3 +33,13 @@ async def connect(settings: Settings, name: str, **options: object) -> Client:
 
 async def quiet(exc: Exception) -> None:
     """An error callback for probes that expect to fail."""
+
+
+async def close_connection(nc: Client, timeout: float = 5.0) -> None:
+    """Drain (deliver what is pending), but never wait for ever on a dead server."""
+    if nc.is_closed:
+        return
+    try:
+        await asyncio.wait_for(nc.drain(), timeout)
+    except Exception:  # timed out, or the connection broke while draining
+        await nc.close()

@@ -8,18 +8,20 @@ the log.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import msgspec
 from fast_depends.msgspec import MsgSpecSerializer
-from faststream import FastStream
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from schemas.intake import reply_encoder
 from services import subjects
-from services.connection import connect
+from services.connection import close_connection, connect
 from services.recording import Recorder, ServiceUnavailable
+from services.runtime import run_until_signalled
 from services.settings import Settings
 
 log = logging.getLogger("casetrail.recorder")
@@ -77,36 +79,31 @@ class RecorderService:
             return unavailable(str(exc))
         return reply_encoder.encode(reply)
 
-    async def start_recorder(self) -> None:
-        """Read the log before the intake subscription starts: decisions need it."""
+    async def start(self) -> None:
+        # The recorder reads the log before the intake subscription starts.
         nc = await connect(self.settings, "casetrail-recorder-log")
         self.recorder = Recorder(nc, nc.jetstream(timeout=self.settings.request_timeout_s))
         await self.recorder.start()
-
-    async def stop_recorder(self) -> None:
-        recorder, self.recorder = self.recorder, None
-        if recorder is not None:
-            await recorder.stop()
-            await recorder.nc.drain()
-
-    async def start(self) -> None:
-        """Start without a FastStream app (tests, benchmarks)."""
-        await self.start_recorder()
         await self.broker.start()
-        await self.broker.connection.flush()  # the server has the intake subscription now
+        # FastStream subscribes in the background: wait until intake answers.
+        for _ in range(500):
+            try:
+                await self.broker.connection.request(
+                    subjects.intake("probe"), b'{"events":[]}', timeout=1
+                )
+                return
+            except (NoRespondersError, NatsTimeout):
+                await asyncio.sleep(0.01)
+        raise RuntimeError("the recorder's intake subscription did not start")
 
     async def stop(self) -> None:
         await self.broker.stop()
-        await self.stop_recorder()
-
-
-def build(settings: Settings) -> FastStream:
-    service = RecorderService(settings)
-    app = FastStream(service.broker)
-    app.on_startup(service.start_recorder)
-    app.after_shutdown(service.stop_recorder)
-    return app
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            await recorder.stop()
+            await close_connection(recorder.nc)
 
 
 async def serve(settings: Settings) -> None:
-    await build(settings).run()
+    service = RecorderService(settings)
+    await run_until_signalled(service.start, service.stop, "recorder")

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import random
+import time
 import uuid
-import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -40,10 +41,10 @@ from schemas.dates import utc_now_rfc3339, utc_today
 from schemas.errors import Code, Rejected
 from schemas.events import AMENDMENT_TYPES, CaseOpened, EventBase, canonical_bytes
 from schemas.intake import SubmitReply, SubmitResult, peek_event_id, split_submission
-from schemas.record import GENESIS, Record, chain_hash, decode_record, encode_record
+from schemas.record import GENESIS, Record, chain_hash, decode_record, record_body
 from schemas.validation import decode_event
 from services import subjects
-from services.log import LogReader, stream_state
+from services.log import read_log, stream_state
 
 log = logging.getLogger("casetrail.recorder")
 
@@ -51,6 +52,8 @@ MAX_ATTEMPTS = 30
 WRONG_LAST_SEQUENCE = 10071
 BATCH_DUPLICATE_ID = 10201
 HEADER_LIMIT = 1000
+# Gaps up to this size are read with direct gets; longer ones with an ordered consumer.
+DIRECT_GET_LIMIT = 256
 
 
 class ServiceUnavailable(Exception):
@@ -87,14 +90,19 @@ class CaseHead:
 
 
 class LogIndex:
-    """Case heads and every event id of the log, kept up to date by following it."""
+    """Case heads and every event id of the log up to `position`.
+
+    The recorder notes its own appends as they are acknowledged; what other
+    recorders appended it reads from the log when it catches up. Ranges it
+    appended beyond a gap wait in `_own` until the gap is read.
+    """
 
     def __init__(self) -> None:
         self.heads: dict[str, CaseHead] = {}
         # event_id -> (seq, case_id, is a fact event: a valid correction target)
         self.ids: dict[str, tuple[int, str, bool]] = {}
         self.position = 0
-        self._advanced = asyncio.Event()
+        self._own: dict[int, int] = {}
 
     def note(self, seq: int, case_id: str, event_id: str, is_fact: bool, version: int, hash: str) -> None:
         head = self.heads.get(case_id)
@@ -103,6 +111,7 @@ class LogIndex:
         self.ids[event_id] = (seq, case_id, is_fact)
 
     def apply(self, batch: list[tuple[int, bytes]]) -> None:
+        """Records read from the log."""
         for seq, data in batch:
             view = _index_decoder.decode(data)
             event = view.event
@@ -114,15 +123,34 @@ class LogIndex:
                 view.case_version,
                 view.hash,
             )
-        if batch:
-            self.position = batch[-1][0]
-            self._advanced.set()
-            self._advanced.clear()
 
-    async def wait_for(self, seq: int, timeout: float) -> None:
-        async with asyncio.timeout(timeout):
-            while self.position < seq:
-                await self._advanced.wait()
+    def appended(self, first: int, last: int) -> None:
+        """Seqs `first`..`last` are this recorder's own, already noted."""
+        self._own[first] = last
+        self._advance()
+
+    def read_through(self, seq: int) -> None:
+        """Everything up to `seq` has been read from the log."""
+        self.position = max(self.position, seq)
+        self._advance()
+
+    def unread(self, first: int, last: int) -> list[int]:
+        """The seqs in first..last that are neither read nor our own."""
+        own = sorted((f, l) for f, l in self._own.items() if l >= first and f <= last)
+        missing, seq = [], first
+        for f, l in own:
+            missing.extend(range(seq, min(f, last + 1)))
+            seq = max(seq, l + 1)
+        missing.extend(range(seq, last + 1))
+        return missing
+
+    def _advance(self) -> None:
+        moved = True
+        while moved and self._own:
+            moved = False
+            for first in [f for f in self._own if f <= self.position + 1]:
+                self.position = max(self.position, self._own.pop(first))
+                moved = True
 
 
 _AMENDMENT_TAGS = frozenset(t.__struct_config__.tag for t in AMENDMENT_TYPES)
@@ -137,12 +165,14 @@ class _Item:
     raw: bytes
     event: EventBase
     canonical: bytes
+    is_fact: bool
 
 
 @dataclass(slots=True)
 class _Planned:
     item: _Item
-    record: Record
+    case_version: int
+    hash: str
     body: bytes
     expected_subject_seq: int | None  # set on the first record of its case in the batch
 
@@ -178,42 +208,70 @@ class Recorder:
         self._clock = clock
         self._today = today
         self._publish_timeout = publish_timeout
-        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
-        self._reader: LogReader | None = None
-        self._follow_task: asyncio.Task[None] | None = None
+        self._busy_cases: set[str] = set()
+        self._cases_changed = asyncio.Condition()
+        self._catching_up = asyncio.Lock()
+        self._refresher: asyncio.Task[None] | None = None
+        self._refresh_s = 30.0
+        self._fresh_at = 0.0
 
     # -- life cycle
 
     async def start(self) -> None:
-        """Read the whole log into the index, then keep following it."""
-        head = (await stream_state(self.nc)).last_seq
-        self._reader = LogReader(self.js, start_seq=1)
-        await self._reader.__aenter__()
-        self._follow_task = asyncio.create_task(self._follow(), name="recorder-follow")
-        if head:
-            await self.index.wait_for(head, timeout=3600)
+        """Read the whole log into the index; then keep it fresh."""
+        info = await self.js.stream_info(subjects.LOG_STREAM)
+        window = info.config.duplicate_window or 120.0
+        # Catch up well within the duplicate window: what another recorder wrote
+        # is then in the index before JetStream forgets its Nats-Msg-Id.
+        self._refresh_s = min(30.0, window / 4)
+        await self.catch_up(timeout=3600)
+        # The index is long-lived and acyclic: keep the collector from re-walking it.
+        gc.freeze()
+        self._refresher = asyncio.create_task(self._refresh(), name="recorder-refresh")
         log.info("recorder ready: %d records, %d cases", len(self.index.ids), len(self.index.heads))
 
-    async def _follow(self) -> None:
-        assert self._reader is not None
-        async for batch in self._reader.batches():
-            self.index.apply(batch)
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                await self.catch_up()
+            except ServiceUnavailable as exc:
+                log.warning("%s", exc)
 
     async def stop(self) -> None:
-        if self._follow_task is not None:
-            self._follow_task.cancel()
+        if self._refresher is not None:
+            self._refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._follow_task
-        if self._reader is not None:
-            await self._reader.close()
+                await self._refresher
 
-    async def catch_up(self) -> None:
-        """Wait until the index holds everything the log held a moment ago."""
+    async def catch_up(self, timeout: float | None = None) -> None:
+        """Read into the index whatever others appended up to the log's current head."""
         try:
-            head = (await stream_state(self.nc)).last_seq
-            await self.index.wait_for(head, timeout=self._publish_timeout)
+            async with self._catching_up, asyncio.timeout(timeout or self._publish_timeout):
+                started = time.monotonic()
+                head = (await stream_state(self.nc)).last_seq
+                first = self.index.position + 1
+                missing = self.index.unread(first, head)
+                if len(missing) <= DIRECT_GET_LIMIT:
+                    self.index.apply(await self._fetch(missing))
+                else:
+                    async for batch in read_log(self.js, first, head):
+                        self.index.apply(batch)
+                self.index.read_through(head)
+                self._fresh_at = started
         except (TimeoutError, NatsTimeout) as exc:
             raise ServiceUnavailable(f"could not catch up with the log: {exc!r}") from None
+
+    async def _ensure_fresh(self) -> None:
+        if time.monotonic() - self._fresh_at > self._refresh_s:
+            await self.catch_up()
+
+    async def _fetch(self, seqs: list[int]) -> list[tuple[int, bytes]]:
+        async def one(seq: int) -> tuple[int, bytes]:
+            msg = await self.js.get_msg(subjects.LOG_STREAM, seq=seq, direct=True)
+            return seq, msg.data  # type: ignore[return-value]
+
+        return list(await asyncio.gather(*(one(s) for s in seqs)))
 
     # -- submissions
 
@@ -235,7 +293,8 @@ class Recorder:
                 except Rejected as exc:
                     refusals[i] = exc
                 else:
-                    valid.append(_Item(i, raw, event, canonical_bytes(event)))
+                    fact = not isinstance(event, AMENDMENT_TYPES)
+                    valid.append(_Item(i, raw, event, canonical_bytes(event), fact))
         if valid:
             recorded, late_refusals = await self._record(publisher, valid)
             for i, result in recorded.items():
@@ -250,7 +309,8 @@ class Recorder:
     async def _record(
         self, publisher: str, items: list[_Item]
     ) -> tuple[dict[int, SubmitResult], dict[int, Rejected]]:
-        cases = sorted({item.event.case_id for item in items})
+        cases = {item.event.case_id for item in items}
+        await self._ensure_fresh()
         async with self._case_locks(cases):
             caught_up = False
             for attempt in range(MAX_ATTEMPTS):
@@ -269,24 +329,17 @@ class Recorder:
                     await self.catch_up()
                     caught_up = True
                     continue
-                for offset, planned in enumerate(plan.appends):
-                    seq = first_seq + offset
-                    planned.record.seq = seq
-                    event = planned.item.event
+                last_seq = first_seq + len(plan.appends) - 1
+                for seq, planned in enumerate(plan.appends, first_seq):
+                    item = planned.item
+                    event_id: str = item.event.event_id  # type: ignore[assignment]
                     self.index.note(
-                        seq,
-                        event.case_id,
-                        event.event_id,  # type: ignore[arg-type]
-                        not isinstance(event, AMENDMENT_TYPES),
-                        planned.record.case_version,
-                        planned.record.hash,
+                        seq, item.event.case_id, event_id, item.is_fact, planned.case_version, planned.hash
                     )
-                    plan.results[planned.item.index] = SubmitResult(
-                        event_id=event.event_id,  # type: ignore[arg-type]
-                        status="accepted",
-                        seq=seq,
-                        case_version=planned.record.case_version,
+                    plan.results[item.index] = SubmitResult(
+                        event_id=event_id, status="accepted", seq=seq, case_version=planned.case_version
                     )
+                self.index.appended(first_seq, last_seq)
                 # Duplicates of events first seen in this very submission point at them.
                 for i, result in plan.results.items():
                     if result.status == "duplicate" and result.seq is None:
@@ -301,14 +354,17 @@ class Recorder:
         raise ServiceUnavailable(f"the log refused the append {MAX_ATTEMPTS} times")
 
     @contextlib.asynccontextmanager
-    async def _case_locks(self, cases: Iterable[str]) -> AsyncIterator[None]:
-        async with contextlib.AsyncExitStack() as stack:
-            for case_id in cases:  # sorted by the caller: no lock-order deadlock
-                lock = self._locks.get(case_id)
-                if lock is None:
-                    lock = self._locks[case_id] = asyncio.Lock()
-                await stack.enter_async_context(lock)
+    async def _case_locks(self, cases: set[str]) -> AsyncIterator[None]:
+        """Hold every case of a submission at once (all or none: no lock-order deadlock)."""
+        async with self._cases_changed:
+            await self._cases_changed.wait_for(lambda: self._busy_cases.isdisjoint(cases))
+            self._busy_cases.update(cases)
+        try:
             yield
+        finally:
+            async with self._cases_changed:
+                self._busy_cases.difference_update(cases)
+                self._cases_changed.notify_all()
 
     async def _stored(self, seqs: set[int]) -> dict[int, Record]:
         async def one(seq: int) -> tuple[int, Record]:
@@ -320,6 +376,7 @@ class Recorder:
     async def _plan(self, publisher: str, items: list[_Item]) -> _Plan:
         plan = _Plan()
         index = self.index
+        recorded_at = self._clock()  # one atomic append, one recording time
         known = {item.event.event_id for item in items} & index.ids.keys()
         stored = await self._stored({index.ids[e][0] for e in known}) if known else {}
         stored_canonical = {
@@ -373,20 +430,12 @@ class Recorder:
             if not exists:
                 first_seq.setdefault(case_id, 0)
             version += 1
-            recorded_at = self._clock()
             digest = chain_hash(prev_hash, version, recorded_at, publisher, item.canonical)
-            record = Record(
-                recorded_at=recorded_at,
-                recorded_by=publisher,
-                case_version=version,
-                prev_hash=prev_hash,
-                hash=digest,
-                event=event,  # type: ignore[arg-type]
-            )
+            body = record_body(recorded_at, publisher, version, prev_hash, digest, item.canonical)
             expected = first_seq.pop(case_id, None)
-            plan.appends.append(_Planned(item, record, encode_record(record), expected))
+            plan.appends.append(_Planned(item, version, digest, body, expected))
             heads[case_id] = (version, digest)
-            drafted[event_id] = (item.canonical, case_id, not isinstance(event, AMENDMENT_TYPES), version)
+            drafted[event_id] = (item.canonical, case_id, item.is_fact, version)
         return plan
 
     def _case_rule(
