@@ -282,6 +282,19 @@ def serve_recorder(nats_url: NatsUrl = DEFAULT_NATS_URL) -> None:
     run(serve(Settings.from_env(nats_url=nats_url)))
 
 
+@serve_app.command("projector")
+def serve_projector(
+    db: Annotated[Path, typer.Option(help="The projection's DuckDB file (only this process opens it).")],
+    nats_url: NatsUrl = DEFAULT_NATS_URL,
+    memory_limit: Annotated[str, typer.Option(help="DuckDB's memory limit.")] = "384MB",
+) -> None:
+    """Follow the log into DuckDB (status, timelines, charges, recognitions); answer queries."""
+    from services.projector import serve
+
+    _logging()
+    run(serve(Settings.from_env(nats_url=nats_url), db, memory_limit=memory_limit))
+
+
 # --- up -------------------------------------------------------------------------------
 
 

@@ -1,0 +1,267 @@
+"""Answers over the projection store: the current state from the tables, the past by walking.
+
+A question without `on` or `known_at` is answered from the projection tables.
+With either, the case is walked again from its stored records with the same pure
+derivation the projector uses (`projections.status`), keeping only what the
+question allows: records recorded at or before `known_at`, effective events on or
+before `on`. Every answer is read in one snapshot together with the checkpoint,
+so `as_of_seq` names exactly the log position the answer reflects.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+
+import msgspec
+import pyarrow as pa
+
+from projections import case_status, timeline
+from projections.effective import State, in_force, versions
+from projections.status import CaseFold, CaseStatus, walk
+from projections.store import ProjectionStore
+
+MAX_LIMIT = 1000
+# Cases walked per round trip when a past question covers every case.
+WALK_CHUNK = 2000
+
+
+class Filters(msgspec.Struct, kw_only=True):
+    """What `query cases` narrows by; a field left None does not narrow."""
+
+    custody: str | None = None
+    stage: str | None = None
+    recognized_by: str | None = None
+    article: str | None = None  # `207.3`, `RU-CC 207.3`, or a display form
+    jurisdiction: str | None = None
+    region: str | None = None
+
+    def sql(self) -> tuple[str, list[object]]:
+        where: list[str] = []
+        params: list[object] = []
+        for column in ("custody", "stage", "jurisdiction", "region"):
+            value = getattr(self, column)
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if self.recognized_by is not None:
+            where.append("list_contains(recognized_by, ?)")
+            params.append(self.recognized_by)
+        if self.article is not None:
+            where.append(
+                "case_id IN (SELECT case_id FROM charges WHERE article = ? "
+                "OR code || ' ' || article = ? OR display = ?)"
+            )
+            params += [self.article] * 3
+        return (" WHERE " + " AND ".join(where)) if where else "", params
+
+    def matches(self, fold: CaseFold) -> bool:
+        """The same test as `sql`, on a fold walked for a past question."""
+        for column in ("custody", "stage", "jurisdiction", "region"):
+            value = getattr(self, column)
+            if value is not None and getattr(fold, column) != value:
+                return False
+        if self.recognized_by is not None and self.recognized_by not in fold.recognized_by:
+            return False
+        if self.article is not None:
+            wanted = self.article
+            if not any(
+                wanted in (c.article, f"{c.code} {c.article}", c.display) for c in fold.charges
+            ):
+                return False
+        return True
+
+
+class Reader:
+    """Reads for one thread at a time, on its own cursor (it sees committed batches only)."""
+
+    def __init__(self, store: ProjectionStore) -> None:
+        self.store = store
+        self.cur = store.reader()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[int]:
+        """One read transaction; yields the checkpoint it sees (the answer's `as_of_seq`)."""
+        self.cur.execute("BEGIN TRANSACTION")
+        try:
+            yield self.cur.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
+        finally:
+            self.cur.execute("ROLLBACK")
+
+    # -- one case
+
+    def status(
+        self,
+        case_id: str,
+        *,
+        today: dt.date,
+        on: dt.date | None = None,
+        known_at: dt.datetime | None = None,
+    ) -> tuple[int, CaseStatus | None]:
+        with self.snapshot() as as_of_seq:
+            if on is None and known_at is None:
+                rows = self.cur.execute(
+                    f"SELECT {case_status.COLUMNS} FROM case_status WHERE case_id = ?", [case_id]
+                ).fetchall()
+                found = case_status.from_row(rows[0], today, as_of_seq) if rows else None
+                return as_of_seq, found
+            fold = self._walk(case_id, self._records(case_id), on or today, known_at)
+            return as_of_seq, fold.status(on or today, as_of_seq) if fold.events else None
+
+    def timeline(
+        self,
+        case_id: str,
+        *,
+        on: dt.date | None = None,
+        known_at: dt.datetime | None = None,
+        history: bool = False,
+    ) -> tuple[int, list[timeline.Entry] | None]:
+        """The case's effective events in walk order; with `history`, every version in log order."""
+        seqs = self.store.case_seqs(case_id)
+        with self.snapshot() as as_of_seq:
+            if on is None and known_at is None:
+                entries = self._stored_timeline(seqs, history)
+                return as_of_seq, entries or None
+            all_versions = versions(self._records(case_id), known_at)
+            if history:
+                chosen = all_versions
+            else:
+                chosen = [v for v in in_force(all_versions) if on is None or v.day <= on]
+            entries = [timeline.entry(v, history) for v in chosen]
+            return as_of_seq, entries or None
+
+    def _stored_timeline(self, seqs: list[int], history: bool) -> list[timeline.Entry]:
+        if not seqs:
+            return []
+        columns = timeline.HISTORY_COLUMNS if history else timeline.ENTRY_COLUMNS
+        where = "" if history else f" AND state = '{State.EFFECTIVE}'"
+        order = "record_seq" if history else "sort_date, seq"
+        rows = self._by_seqs(f"SELECT {columns} FROM timeline WHERE record_seq IN ", seqs, where, order)
+        return [timeline.entry_from_row(row, history) for row in rows]
+
+    def _by_seqs(self, select: str, seqs: list[int], where: str = "", order: str = "record_seq") -> list:
+        marks = ", ".join(str(int(s)) for s in seqs)  # integers only: safe to inline
+        return self.cur.execute(f"{select}({marks}){where} ORDER BY {order}").fetchall()
+
+    def _records(self, case_id: str) -> list[timeline.Stored]:
+        seqs = self.store.case_seqs(case_id)
+        if not seqs:
+            return []
+        rows = self._by_seqs(
+            "SELECT record_seq, recorded_at, recorded_by, event FROM timeline WHERE record_seq IN ", seqs
+        )
+        return [timeline.stored(*row) for row in rows]
+
+    @staticmethod
+    def _walk(case_id: str, records, on: dt.date, known_at: dt.datetime | None) -> CaseFold:
+        return walk(case_id, in_force(versions(records, known_at)), on)
+
+    # -- many cases
+
+    def cases(
+        self,
+        filters: Filters,
+        *,
+        today: dt.date,
+        on: dt.date | None = None,
+        known_at: dt.datetime | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> tuple[int, int | None, list[CaseStatus]]:
+        """`(as_of_seq, total, statuses)` ordered by case_id; total is None when not counted."""
+        limit = max(0, min(limit, MAX_LIMIT))
+        with self.snapshot() as as_of_seq:
+            if on is None and known_at is None:
+                where, params = filters.sql()
+                rows = self.cur.execute(
+                    f"SELECT {case_status.COLUMNS}, count(*) OVER () FROM case_status{where} "
+                    "ORDER BY case_id LIMIT ? OFFSET ?",
+                    [*params, limit, offset],
+                ).fetchall()
+                total = rows[0][-1] if rows else self._count(where, params)
+                found = [case_status.from_row(row[:-1], today, as_of_seq) for row in rows]
+                return as_of_seq, total, found
+            return (as_of_seq, *self._past_cases(filters, on or today, known_at, limit, offset, as_of_seq))
+
+    def _count(self, where: str, params: list[object]) -> int:
+        return self.cur.execute(f"SELECT count(*) FROM case_status{where}", params).fetchall()[0][0]
+
+    def _past_cases(
+        self,
+        filters: Filters,
+        on: dt.date,
+        known_at: dt.datetime | None,
+        limit: int,
+        offset: int,
+        as_of_seq: int,
+    ) -> tuple[int | None, list[CaseStatus]]:
+        """Walk every case as the question allows; stop once the page is full."""
+        case_ids = sorted(self.store.seqs)
+        matched = 0
+        page: list[CaseStatus] = []
+        for start in range(0, len(case_ids), WALK_CHUNK):
+            chunk = case_ids[start : start + WALK_CHUNK]
+            for case_id, records in self._records_of(chunk).items():
+                fold = self._walk(case_id, records, on, known_at)
+                if fold.events == 0 or not filters.matches(fold):
+                    continue
+                matched += 1
+                if matched > offset:
+                    page.append(fold.status(on, as_of_seq))
+                if len(page) >= limit:
+                    more = start + WALK_CHUNK < len(case_ids)
+                    return (None if more else matched), page
+        return matched, page
+
+    def _records_of(self, case_ids: list[str]) -> dict[str, list[timeline.Stored]]:
+        seqs = [s for case_id in case_ids for s in self.store.case_seqs(case_id)]
+        found: dict[str, list[timeline.Stored]] = {case_id: [] for case_id in case_ids}
+        if not seqs:
+            return found
+        self.cur.register("_asked_seqs", pa.table({"seq": pa.array(seqs, pa.int64())}))
+        try:
+            rows = self.cur.execute(
+                "SELECT t.case_id, t.record_seq, t.recorded_at, t.recorded_by, t.event "
+                "FROM _asked_seqs a JOIN timeline t ON t.record_seq = a.seq ORDER BY t.record_seq"
+            ).fetchall()
+        finally:
+            self.cur.unregister("_asked_seqs")
+        for case_id, *row in rows:
+            found[case_id].append(timeline.stored(*row))
+        return found
+
+    # -- the whole projection
+
+    def stats(self) -> tuple[int, dict[str, object]]:
+        with self.snapshot() as as_of_seq:
+            cases, events = self.cur.execute(
+                "SELECT count(*), coalesce(sum(events), 0) FROM case_status"
+            ).fetchall()[0]
+
+            def counts(sql: str) -> dict[str, int]:
+                return {str(k): v for k, v in self.cur.execute(sql).fetchall()}
+
+            return as_of_seq, {
+                "cases": cases,
+                "events": events,
+                "records": self.cur.execute("SELECT count(*) FROM timeline").fetchall()[0][0],
+                "by_custody": counts(
+                    "SELECT coalesce(custody, 'unknown'), count(*) FROM case_status GROUP BY 1 ORDER BY 1"
+                ),
+                "by_stage": counts(
+                    "SELECT coalesce(stage, 'unknown'), count(*) FROM case_status GROUP BY 1 ORDER BY 1"
+                ),
+                "by_jurisdiction": counts(
+                    "SELECT coalesce(jurisdiction, 'unknown'), count(*) FROM case_status "
+                    "GROUP BY 1 ORDER BY 1"
+                ),
+                "recognized_by": counts(
+                    "SELECT organization, count(*) FROM recognitions WHERE recognized "
+                    "GROUP BY 1 ORDER BY 1"
+                ),
+                "in_custody_recognized": self.cur.execute(
+                    "SELECT count(*) FROM case_status WHERE custody = 'in_custody' "
+                    "AND len(recognized_by) > 0"
+                ).fetchall()[0][0],
+            }

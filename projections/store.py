@@ -1,0 +1,362 @@
+"""The projection store: one DuckDB file with every projection and the log position it holds.
+
+`apply(batch)` turns a batch of records, `(seq, bytes)` as the log delivers them,
+into rows of every projection and commits them together with the checkpoint (the
+last applied seq) in one transaction: a crash at any point loses nothing and
+applies nothing twice, and a record at or below the checkpoint changes nothing.
+
+Speed comes from not walking a case's history again for every event. Each case
+keeps a compact fold (`projections.status.CaseFold`) in memory; an event that
+sorts after everything its case has walked is applied to the fold in place. A case
+is walked again from its stored history (its `timeline` rows hold its events)
+when an event arrives out of order, when a correction or retraction arrives, or
+when its fold is not in memory (after a restart). Both paths run the same walk.
+The record seqs of each case are kept in memory too, so that its rows are fetched
+through the `record_seq` index rather than by scanning every stored event.
+
+One process writes the file; readers in the same process use `reader()` cursors.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from array import array
+from collections.abc import Sequence
+from pathlib import Path
+
+import duckdb
+import msgspec
+import pyarrow as pa
+
+from projections import case_status, charges, recognitions, timeline
+from projections.effective import Kind, Version, in_force, versions
+from projections.status import CaseFold, walk
+from projections.timeline import Stored
+from schemas.dates import lower_bound
+from schemas.events import (
+    AMENDMENT_TYPES,
+    Charged,
+    ChargesAmended,
+    Recognized,
+    RecognitionWithdrawn,
+    event_decoder,
+)
+
+log = logging.getLogger("casetrail.projections")
+
+PROJECTIONS = (case_status, timeline, charges, recognitions)
+# Up to this many cases are deleted by a list of values; more, through a joined table.
+SMALL_DELETE = 16
+_CHARGE_EVENTS = (Charged, ChargesAmended)
+_RECOGNITION_EVENTS = (Recognized, RecognitionWithdrawn)
+
+META_DDL = [
+    """CREATE TABLE IF NOT EXISTS projection_versions (
+    projection VARCHAR PRIMARY KEY,
+    version INTEGER NOT NULL
+)""",
+    """CREATE TABLE IF NOT EXISTS checkpoint (
+    last_seq BIGINT NOT NULL,
+    updated_at TIMESTAMP
+)""",
+]
+
+
+class VersionMismatch(RuntimeError):
+    """The file was built by another version of a projection: it must be rebuilt from the log."""
+
+
+def versions_wanted() -> dict[str, int]:
+    return {p.NAME: p.VERSION for p in PROJECTIONS}
+
+
+class _Delivered(msgspec.Struct):
+    """The envelope of a record as the log stores it; the hashes are not needed here."""
+
+    recorded_at: str
+    recorded_by: str
+    case_version: int
+    event: msgspec.Raw
+
+
+_delivered = msgspec.json.Decoder(_Delivered)
+
+
+class _Item:
+    """One new record of a batch: decoded, with its event's JSON as stored."""
+
+    __slots__ = ("record", "case_version", "event_json")
+
+    def __init__(self, seq: int, data: bytes) -> None:
+        envelope = _delivered.decode(data)
+        raw = bytes(envelope.event)
+        self.record = Stored(
+            seq=seq,
+            recorded_at=envelope.recorded_at,
+            recorded_by=envelope.recorded_by,
+            event=event_decoder.decode(raw),
+        )
+        self.case_version = envelope.case_version
+        self.event_json = raw.decode()
+
+
+class ProjectionStore:
+    """The projections in one DuckDB file, written by `apply`, read through `reader()`."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        memory_limit: str = "512MB",
+        threads: int | None = None,
+    ) -> None:
+        self.path = str(path)
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.con = duckdb.connect(self.path)
+        self.con.execute(f"SET memory_limit = '{memory_limit}'")
+        if threads:
+            self.con.execute(f"SET threads = {int(threads)}")
+        # Fewer, larger checkpoints: each rewrites and recompresses what the WAL holds.
+        self.con.execute("SET checkpoint_threshold = '128MB'")
+        self.con.execute("SET preserve_insertion_order = false")
+        self._create_or_check()
+        self.position: int = self.con.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
+        self.folds: dict[str, CaseFold] = {}
+        self.seqs: dict[str, array] = self._load_seqs()
+
+    def _create_or_check(self) -> None:
+        con = self.con
+        con.execute("BEGIN TRANSACTION")
+        for statement in META_DDL:
+            con.execute(statement)
+        found = dict(con.execute("SELECT projection, version FROM projection_versions").fetchall())
+        wanted = versions_wanted()
+        if found and found != wanted:
+            con.execute("ROLLBACK")
+            raise VersionMismatch(
+                f"{self.path} holds projection versions {found}, this code builds {wanted}: "
+                "rebuild it from the log into a new file"
+            )
+        for projection in PROJECTIONS:
+            for statement in projection.DDL:
+                con.execute(statement)
+        if not found:
+            for name, version in wanted.items():
+                con.execute("INSERT INTO projection_versions VALUES (?, ?)", [name, version])
+            con.execute("INSERT INTO checkpoint VALUES (0, now())")
+        con.execute("COMMIT")
+
+    def _load_seqs(self) -> dict[str, array]:
+        table = self.con.sql(
+            "SELECT case_id, list(record_seq ORDER BY record_seq) AS seqs FROM timeline GROUP BY case_id"
+        ).to_arrow_table()
+        return {
+            case_id: array("q", seqs)
+            for case_id, seqs in zip(table.column("case_id").to_pylist(), table.column("seqs").to_pylist())
+        }
+
+    def reader(self) -> duckdb.DuckDBPyConnection:
+        """A cursor for one reader thread: it sees committed batches only (MVCC)."""
+        return self.con.cursor()
+
+    def case_seqs(self, case_id: str) -> list[int]:
+        """The record seqs of a case's rows (committed, or about to be: readers filter)."""
+        return list(self.seqs.get(case_id, ()))
+
+    def close(self) -> None:
+        self.con.close()
+
+    # -- applying records
+
+    def apply(self, batch: Sequence[tuple[int, bytes]]) -> int:
+        """Apply the records after the checkpoint; return the new checkpoint."""
+        fresh = [(seq, data) for seq, data in batch if seq > self.position]
+        if not fresh:
+            return self.position
+        by_case: dict[str, list[_Item]] = {}
+        for seq, data in fresh:
+            item = _Item(seq, data)
+            by_case.setdefault(item.record.event.case_id, []).append(item)
+        try:
+            changes = self._fold(by_case)
+            self._write(fresh[-1][0], changes)
+        except BaseException:
+            # Folds may hold what was not committed: walk those cases again next time.
+            for case_id in by_case:
+                self.folds.pop(case_id, None)
+            raise
+        for case_id, items in by_case.items():
+            seqs = self.seqs.get(case_id)
+            if seqs is None:
+                seqs = self.seqs[case_id] = array("q")
+            seqs.extend(item.record.seq for item in items)
+        self.position = fresh[-1][0]
+        return self.position
+
+    def _fold(self, by_case: dict[str, list[_Item]]) -> _Changes:
+        changes = _Changes()
+        again: list[str] = []  # cases to walk from their history
+        for case_id, items in by_case.items():
+            fold = self.folds.get(case_id)
+            if any(isinstance(item.record.event, AMENDMENT_TYPES) for item in items):
+                again.append(case_id)
+                continue
+            if fold is None:
+                if items[0].case_version != 1:
+                    again.append(case_id)  # an older case whose fold is not in memory
+                    continue
+                fold = CaseFold(case_id)
+            days = _in_order(fold, items)
+            if days is None:
+                again.append(case_id)
+                continue
+            self._apply_in_place(fold, items, days, changes)
+        if again:
+            history = self._history(again)
+            for case_id in again:
+                self._walk_again(case_id, history.get(case_id, []), by_case[case_id], changes)
+        return changes
+
+    def _apply_in_place(
+        self, fold: CaseFold, items: list[_Item], days: list[dt.date], changes: _Changes
+    ) -> None:
+        case_id = fold.case_id
+        for item, day in zip(items, days):
+            record = item.record
+            event = record.event
+            fold.apply(record.seq, event, day)  # type: ignore[arg-type]
+            version = Version(record, Kind.FACT, event.event_id, record.seq, event)  # type: ignore[arg-type]
+            timeline.add_row(changes.timeline, version, item.event_json, day)
+            if isinstance(event, _CHARGE_EVENTS):
+                changes.charges.add(case_id)
+            elif isinstance(event, _RECOGNITION_EVENTS):
+                changes.recognitions.add(case_id)
+        self.folds[case_id] = fold
+        changes.status[case_id] = (fold, items[-1].record.seq)
+
+    def _walk_again(self, case_id: str, stored: list[tuple], new: list[_Item], changes: _Changes) -> None:
+        records = []
+        stored_state: dict[int, tuple[str, bool]] = {}
+        for record_seq, recorded_at, recorded_by, event_json, state, corrected in stored:
+            records.append(timeline.stored(record_seq, recorded_at, recorded_by, event_json))
+            stored_state[record_seq] = (state, corrected)
+        new_json = {}
+        for item in new:
+            records.append(item.record)
+            new_json[item.record.seq] = item.event_json
+        all_versions = versions(records)
+        fold = walk(case_id, in_force(all_versions))
+        self.folds[case_id] = fold
+        changes.status[case_id] = (fold, new[-1].record.seq)
+        changes.charges.add(case_id)
+        changes.recognitions.add(case_id)
+        for version in all_versions:
+            seq = version.record.seq
+            if seq in new_json:
+                timeline.add_row(changes.timeline, version, new_json[seq])
+            elif stored_state[seq] != (version.state.value, version.corrected):
+                changes.states.add(seq, version.state.value, version.corrected)
+
+    def _history(self, case_ids: list[str]) -> dict[str, list[tuple]]:
+        """The stored rows of some cases, in log order (committed rows only)."""
+        wanted = [seq for case_id in case_ids for seq in self.seqs.get(case_id, ())]
+        found: dict[str, list[tuple]] = {}
+        if not wanted:
+            return found
+        self.con.register("_wanted_seqs", pa.table({"seq": pa.array(wanted, pa.int64())}))
+        try:
+            rows = self.con.execute(
+                "SELECT t.case_id, t.record_seq, t.recorded_at, t.recorded_by, t.event, t.state, "
+                "t.corrected FROM _wanted_seqs w JOIN timeline t ON t.record_seq = w.seq "
+                "ORDER BY t.record_seq"
+            ).fetchall()
+        finally:
+            self.con.unregister("_wanted_seqs")
+        for row in rows:
+            found.setdefault(row[0], []).append(row[1:])
+        return found
+
+    def _write(self, last_seq: int, changes: _Changes) -> None:
+        con = self.con
+        status_rows = case_status.rows()
+        charge_rows = charges.rows()
+        recognition_rows = recognitions.rows()
+        for case_id, (fold, updated_seq) in changes.status.items():
+            if fold.events == 0:
+                continue  # every event retracted: the case no longer exists
+            case_status.add_row(status_rows, fold, updated_seq)
+            if case_id in changes.charges:
+                charges.add_rows(charge_rows, fold)
+            if case_id in changes.recognitions:
+                recognitions.add_rows(recognition_rows, fold)
+        con.execute("BEGIN TRANSACTION")
+        try:
+            self._insert(timeline.NAME, changes.timeline.table())
+            if len(changes.states):
+                con.register("_new_states", changes.states.table())
+                con.execute(
+                    "UPDATE timeline SET state = s.state, corrected = s.corrected "
+                    "FROM _new_states s WHERE timeline.record_seq = s.record_seq"
+                )
+                con.unregister("_new_states")
+            self._delete(case_status.NAME, list(changes.status))
+            self._insert(case_status.NAME, status_rows.table())
+            self._delete(charges.NAME, list(changes.charges))
+            self._insert(charges.NAME, charge_rows.table())
+            self._delete(recognitions.NAME, list(changes.recognitions))
+            self._insert(recognitions.NAME, recognition_rows.table())
+            con.execute("UPDATE checkpoint SET last_seq = ?, updated_at = now()", [last_seq])
+            con.execute("COMMIT")
+        except BaseException:
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass  # the failed statement may have ended the transaction already
+            raise
+
+    def _delete(self, table: str, case_ids: list[str]) -> None:
+        if not case_ids:
+            return
+        if len(case_ids) <= SMALL_DELETE:
+            marks = ", ".join("?" * len(case_ids))
+            self.con.execute(f"DELETE FROM {table} WHERE case_id IN ({marks})", case_ids)
+            return
+        self.con.register("_changed_cases", pa.table({"case_id": case_ids}))
+        try:
+            self.con.execute(f"DELETE FROM {table} WHERE case_id IN (SELECT case_id FROM _changed_cases)")
+        finally:
+            self.con.unregister("_changed_cases")
+
+    def _insert(self, table: str, rows: pa.Table) -> None:
+        if rows.num_rows:
+            self.con.from_arrow(rows).insert_into(table)
+
+
+class _Changes:
+    """What one batch changes, gathered before the transaction that writes it."""
+
+    __slots__ = ("timeline", "states", "status", "charges", "recognitions")
+
+    def __init__(self) -> None:
+        self.timeline = timeline.rows()  # new rows
+        self.states = timeline.state_rows()  # stored rows whose state changes
+        self.status: dict[str, tuple[CaseFold, int]] = {}
+        self.charges: set[str] = set()
+        self.recognitions: set[str] = set()
+
+
+def _in_order(fold: CaseFold, items: list[_Item]) -> list[dt.date] | None:
+    """The lower bounds of the new events if each sorts after the one before; else None."""
+    last = fold.last_key
+    days = []
+    for item in items:
+        record = item.record
+        day = lower_bound(record.event.occurred_on)
+        key = (day, record.seq)
+        if last is not None and key < last:
+            return None
+        last = key
+        days.append(day)
+    return days
