@@ -25,7 +25,7 @@ import msgspec
 from msgspec import UNSET, Struct
 
 from schemas.countries import ISO_3166_ALPHA2
-from schemas.dates import MIN_YEAR, BadDate, check_not_future, parse_full
+from schemas.dates import MIN_YEAR, BadDate, parse_full, parse_partial
 from schemas.errors import Code, Rejected
 from schemas.events import (
     CaseOpened,
@@ -143,53 +143,65 @@ def _check_id(value: object, pattern: re.Pattern[str], path: str, findings: _Fin
         )
 
 
-def _check_date(check, value: str | None, path: str, findings: _Findings) -> None:
-    if value is None:
-        return
+def _no_later_than(value: str, today: dt.date, path: str, field: str, findings: _Findings) -> None:
     try:
-        check(value)
+        if parse_partial(value) <= today:
+            return
+        problem = f"{value!r} lies after the recording day {today.isoformat()}"
     except BadDate as exc:
-        findings.add(Code.BAD_DATE, path, str(exc))
+        problem = str(exc)
+    findings.add(Code.BAD_DATE, f"{path}.{field}", problem)
+
+
+def _full_date(value: str | None, path: str, findings: _Findings) -> None:
+    if value is not None:
+        try:
+            parse_full(value)
+        except BadDate as exc:
+            findings.add(Code.BAD_DATE, f"{path}.until", str(exc))
 
 
 def _normalise_charges(charges: list[Charge]) -> None:
     for charge in charges:
-        charge.points = ["".join(_POINT_TO_LATIN.get(c, c) for c in p.lower()) for p in charge.points]
+        if charge.points:
+            charge.points = [
+                "".join(_POINT_TO_LATIN.get(c, c) for c in p.lower()) for p in charge.points
+            ]
 
 
 def _check_fact(event: EventBase, path: str, today: dt.date, findings: _Findings) -> None:
     """The rules shared by a top-level event and a correction's replacement."""
-    _check_id(event.case_id, CASE_ID, f"{path}.case_id", findings)
-    def not_future(value: str) -> None:
-        check_not_future(value, today)
-
-    _check_date(not_future, event.occurred_on, f"{path}.occurred_on", findings)
+    if CASE_ID.fullmatch(event.case_id) is None:
+        _check_id(event.case_id, CASE_ID, f"{path}.case_id", findings)
+    _no_later_than(event.occurred_on, today, path, "occurred_on", findings)
     for i, source in enumerate(event.sources):
-        _check_date(not_future, source.published_on, f"{path}.sources[{i}].published_on", findings)
-
-    match event:
-        case CaseOpened(person=person):
-            event.jurisdiction = event.jurisdiction.upper()
-            if event.jurisdiction not in ISO_3166_ALPHA2:
-                findings.add(
-                    Code.SCHEMA,
-                    f"{path}.jurisdiction",
-                    f"{event.jurisdiction!r} is not an ISO 3166-1 alpha-2 country code",
-                )
-            year = person.birth_year
-            if year is not None and not MIN_YEAR <= year <= today.year:
-                findings.add(
-                    Code.BAD_DATE,
-                    f"{path}.person.birth_year",
-                    f"{year} is not a year between {MIN_YEAR} and {today.year}",
-                )
-        case Remanded() | RemandExtended():
-            _check_date(parse_full, event.until, f"{path}.until", findings)
-        case _:
-            pass
+        if source.published_on is not None:
+            _no_later_than(source.published_on, today, path, f"sources[{i}].published_on", findings)
+    kind = type(event)
+    if kind is CaseOpened:
+        _check_opening(event, path, today, findings)  # type: ignore[arg-type]
+    elif kind is Remanded or kind is RemandExtended:
+        _full_date(event.until, path, findings)  # type: ignore[attr-defined]
     charges = getattr(event, "charges", None)
     if charges:
         _normalise_charges(charges)
+
+
+def _check_opening(event: CaseOpened, path: str, today: dt.date, findings: _Findings) -> None:
+    event.jurisdiction = event.jurisdiction.upper()
+    if event.jurisdiction not in ISO_3166_ALPHA2:
+        findings.add(
+            Code.SCHEMA,
+            f"{path}.jurisdiction",
+            f"{event.jurisdiction!r} is not an ISO 3166-1 alpha-2 country code",
+        )
+    year = event.person.birth_year
+    if year is not None and not MIN_YEAR <= year <= today.year:
+        findings.add(
+            Code.BAD_DATE,
+            f"{path}.person.birth_year",
+            f"{year} is not a year between {MIN_YEAR} and {today.year}",
+        )
 
 
 def validate(event: Event, today: dt.date) -> Event:

@@ -206,3 +206,13 @@ async def test_idempotency_holds_beyond_the_window_and_across_restarts(tmp_path,
             await nc.close()
     finally:
         server.stop()
+
+
+async def test_checked_publish_path_records_the_same(nc, recorder, sample_lines, monkeypatch) -> None:
+    """Without nats-py's internal command writer, batches go through the public publish."""
+    from services import recording
+
+    monkeypatch.setattr(recording, "PREBUILT_PUBLISH", False)
+    results = await batch(nc, sample_lines)
+    assert [r["case_version"] for r in results] == [1, 2, 3, 4, 5]
+    assert list(verify_chain(await log_records(nc))) == []
