@@ -52,7 +52,9 @@ class NatsServer:
     """One nats-server process with JetStream under `data_dir`.
 
     `port=None` picks a free port. The configuration file is the shipped
-    `server.conf`, copied into `data_dir` with the `auth.conf` it includes.
+    `server.conf`, copied into `data_dir` with the `auth.conf` and `tls.conf` it
+    includes (`conf="cluster.conf"` and the NATS_CLUSTER_* variables in `env` make
+    it one node of a cluster).
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class NatsServer:
         name: str = "casetrail",
         sync_interval: str = "always",
         auth_conf: str = "",
+        tls_conf: str = "",
         conf: str = "server.conf",
         env: dict[str, str] | None = None,
     ) -> None:
@@ -75,6 +78,7 @@ class NatsServer:
         self.name = name
         self.sync_interval = sync_interval
         self.auth_conf = auth_conf
+        self.tls_conf = tls_conf
         self.conf = conf
         self.extra_env = env or {}
         self.process: subprocess.Popen[bytes] | None = None
@@ -99,6 +103,7 @@ class NatsServer:
         auth = self.data_dir / "auth.conf"
         auth.write_text(self.auth_conf)
         auth.chmod(0o600)
+        (self.data_dir / "tls.conf").write_text(self.tls_conf)
         return self.data_dir / self.conf
 
     def start(self) -> NatsServer:

@@ -19,7 +19,7 @@ from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
 
 from schemas.intake import reply_encoder
 from services import subjects
-from services.connection import close_connection, connect
+from services.connection import broker_options, close_connection, connect
 from services.recording import Recorder, ServiceUnavailable
 from services.runtime import run_until_signalled
 from services.settings import Settings
@@ -54,11 +54,11 @@ class RecorderService:
         self.settings = settings
         self.recorder: Recorder | None = None
         self.broker = NatsBroker(
-            settings.nats_url,
             serializer=MsgSpecSerializer(),
             max_reconnect_attempts=-1,
             name="casetrail-recorder-intake",
             log_level=logging.DEBUG,  # one line per message is too much at INFO
+            **broker_options(settings),  # servers, credentials, TLS
         )
         self.broker.subscriber(
             subjects.INTAKE_ALL,
@@ -77,6 +77,12 @@ class RecorderService:
         except ServiceUnavailable as exc:
             log.warning("submission from %s not recorded: %s", publisher, exc)
             return unavailable(str(exc))
+        except Exception:  # a bug must cost one answer, never the service
+            log.exception("submission from %s failed", publisher)
+            return unavailable(
+                "internal error; the outcome is unknown: resubmit unchanged "
+                "(the same event ids are never recorded twice)"
+            )
         return reply_encoder.encode(reply)
 
     async def start(self) -> None:

@@ -16,6 +16,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
     replicas: int = 1
     # How long a client waits for one reply before it retries (reusing event ids).
     request_timeout_s: float = 10.0
+    # Access control and TLS (`casetrail up --auth`, services.access): the nkey seed file
+    # this process authenticates with, and the PEM files of TLS connections.
+    credentials: str | None = None
+    tls_ca: str | None = None
+    tls_cert: str | None = None
+    tls_key: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -29,5 +35,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True):
             values["replicas"] = int(env["CASETRAIL_REPLICAS"])
         if "CASETRAIL_REQUEST_TIMEOUT" in env:
             values["request_timeout_s"] = float(env["CASETRAIL_REQUEST_TIMEOUT"])
+        for name in ("credentials", "tls_ca", "tls_cert", "tls_key"):
+            if env.get(f"CASETRAIL_{name.upper()}"):
+                values[name] = env[f"CASETRAIL_{name.upper()}"]
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -1,0 +1,234 @@
+"""Access control: every role can do its work and nothing else (a real nats-server with auth)."""
+
+from __future__ import annotations
+
+import asyncio
+import stat
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nats
+import pytest
+from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+
+from schemas.record import decode_record
+from services import subjects
+from services.access import CredentialStore, auth_conf, public_key
+from services.client import Publisher
+from services.connection import auth_options, connect
+from services.log import read_log, stream_state
+from services.natsserver import NatsServer
+from services.recorder import RecorderService
+from services.settings import Settings
+from services.streams import ensure_streams
+from tests.helpers import encode, opened
+
+CASE = "ru-2022-access"
+
+
+@dataclass
+class Client:
+    """A connection as one identity, with the errors the server sent it."""
+
+    nc: nats.NATS
+    errors: list[str] = field(default_factory=list)
+
+    async def violations(self, expected: int = 1, timeout: float = 3.0) -> list[str]:
+        """Wait until the server has reported `expected` permission violations."""
+        await self.nc.flush()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            found = [e for e in self.errors if "permissions violation" in e.lower()]
+            if len(found) >= expected:
+                return found
+            await asyncio.sleep(0.02)
+        return [e for e in self.errors if "permissions violation" in e.lower()]
+
+
+@dataclass
+class Secured:
+    server: NatsServer
+    store: CredentialStore
+    clients: list[Client] = field(default_factory=list)
+
+    def settings(self, identity: str) -> Settings:
+        return Settings(nats_url=self.server.url, credentials=str(self.store.path(identity)))
+
+    async def connect(self, identity: str) -> Client:
+        client = Client(None)  # type: ignore[arg-type]
+
+        async def collect(exc: Exception) -> None:
+            client.errors.append(str(exc))
+
+        client.nc = await connect(self.settings(identity), identity, error_cb=collect)
+        self.clients.append(client)
+        return client
+
+    async def log_records(self):
+        op = await self.connect("operator")
+        records = []
+        async for chunk in read_log(op.nc.jetstream()):
+            records += [decode_record(data, seq) for seq, data in chunk]
+        return records
+
+
+@pytest.fixture
+async def secured(tmp_path: Path) -> AsyncIterator[Secured]:
+    store = CredentialStore(tmp_path / "credentials")
+    identities = store.ensure(["ovd", "memorial"])
+    server = NatsServer(tmp_path / "nats", auth_conf=auth_conf(identities)).start()
+    env = Secured(server, store)
+    try:
+        await server.wait_ready(**auth_options(env.settings("operator")))
+        op = await env.connect("operator")
+        await ensure_streams(op.nc.jetstream(), env.settings("operator"))
+        yield env
+    finally:
+        for client in env.clients:
+            await client.nc.close()
+        server.stop()
+
+
+@pytest.fixture
+async def recorder(secured: Secured) -> AsyncIterator[RecorderService]:
+    service = RecorderService(secured.settings("recorder"))
+    await service.start()
+    try:
+        yield service
+    finally:
+        await service.stop()
+
+
+def test_credentials_are_private_and_the_server_holds_public_keys_only(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "credentials")
+    identities = store.ensure(["ovd"])
+    names = sorted(p.name for p in store.directory.iterdir())
+    assert names == [
+        "operator.nk",
+        "projector.nk",
+        "publisher-ovd.nk",
+        "recorder.nk",
+        "reporter.nk",
+    ]
+    assert stat.S_IMODE(store.directory.stat().st_mode) == 0o700
+    for path in store.directory.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    conf = auth_conf(identities)
+    for identity in identities:
+        assert identity.seed not in conf
+        assert public_key(identity.seed) in conf
+    # Run again (as `up --auth` on the same data): the same keys, and earlier publishers kept.
+    again = CredentialStore(tmp_path / "credentials").ensure(["memorial"])
+    assert {i.name: i.seed for i in identities}.items() <= {i.name: i.seed for i in again}.items()
+    assert "publisher-memorial" in {i.name for i in again}
+
+
+async def test_a_client_without_credentials_is_refused(secured: Secured) -> None:
+    with pytest.raises(Exception, match="(?i)authorization"):
+        await nats.connect(secured.server.url, allow_reconnect=False, max_reconnect_attempts=0)
+
+
+async def test_a_publisher_submits_and_is_recorded_under_its_own_name(secured, recorder) -> None:
+    ovd = await secured.connect("publisher-ovd")
+    result = await Publisher(ovd.nc, "ovd").submit(opened(CASE))
+    assert result.status == "accepted"
+    (record,) = await secured.log_records()
+    assert record.recorded_by == "ovd"
+    assert ovd.errors == []
+
+
+async def test_a_publisher_cannot_publish_as_another_publisher(secured, recorder) -> None:
+    ovd = await secured.connect("publisher-ovd")
+    with pytest.raises((NatsTimeout, NoRespondersError)):
+        await ovd.nc.request(subjects.intake("memorial"), encode(opened(CASE)), timeout=0.3)
+    assert any("casetrail.intake.memorial" in v.lower() for v in await ovd.violations())
+    assert await secured.log_records() == []
+
+
+async def test_a_publisher_cannot_write_the_log_or_the_rejects(secured, recorder) -> None:
+    ovd = await secured.connect("publisher-ovd")
+    await Publisher(ovd.nc, "ovd").submit(opened(CASE))
+    forged = encode({"seq": 2, "event": opened(CASE, "forged")})
+    js = ovd.nc.jetstream(timeout=0.3)
+    for subject in (subjects.log(CASE), subjects.rejects("schema", "memorial")):
+        with pytest.raises((NatsTimeout, NoRespondersError)):
+            await js.publish(subject, forged)
+    await ovd.nc.publish(subjects.log(CASE), forged)  # fire and forget: refused just the same
+    assert len(await ovd.violations(3)) >= 3
+    records = await secured.log_records()
+    assert [r.event.event_id for r in records] == [f"{CASE}-opened"]
+    op = await secured.connect("operator")
+    assert (await stream_state(op.nc, subjects.REJECTS_STREAM)).messages == 0
+
+
+@pytest.mark.parametrize("identity", ["publisher-ovd", "reporter", "projector", "recorder", "operator"])
+async def test_nobody_can_delete_or_purge_a_stream(secured, recorder, identity: str) -> None:
+    ovd = await secured.connect("publisher-ovd")
+    await Publisher(ovd.nc, "ovd").submit(opened(CASE))
+    client = await secured.connect(identity)
+    for api in (
+        f"$JS.API.STREAM.DELETE.{subjects.LOG_STREAM}",
+        f"$JS.API.STREAM.PURGE.{subjects.LOG_STREAM}",
+        f"$JS.API.STREAM.MSG.DELETE.{subjects.LOG_STREAM}",
+        f"$JS.API.STREAM.DELETE.{subjects.REJECTS_STREAM}",
+    ):
+        body = b'{"seq": 1}' if ".MSG." in api else b""
+        with pytest.raises((NatsTimeout, NoRespondersError)):
+            await client.nc.request(api, body, timeout=0.3)
+    assert len(await client.violations(4)) == 4
+    op = await secured.connect("operator")
+    assert (await stream_state(op.nc)).messages == 1
+    assert (await stream_state(op.nc, subjects.REJECTS_STREAM)).messages == 0
+
+
+async def test_a_publisher_cannot_read_the_log_queries_or_other_replies(secured, recorder) -> None:
+    ovd = await secured.connect("publisher-ovd")
+    for subject in (
+        subjects.LOG_ALL,  # the log's messages
+        f"{subjects.INTAKE_PREFIX}.>",  # other publishers' submissions
+        f"{subjects.QUERY_PREFIX}.>",  # queries others ask
+        "_INBOX.>",  # replies meant for others (query answers, intake results)
+        ">",
+    ):
+        await ovd.nc.subscribe(subject)
+    assert len(await ovd.violations(5)) == 5
+    for name in ("status", "cases", "stats", "sql"):
+        with pytest.raises((NatsTimeout, NoRespondersError)):
+            await ovd.nc.request(subjects.query(name), b"{}", timeout=0.3)
+    with pytest.raises((NatsTimeout, NoRespondersError)):
+        await ovd.nc.jetstream(timeout=0.3).stream_info(subjects.LOG_STREAM)
+    found = await ovd.violations(10)
+    assert any("casetrail.query.status" in v.lower() for v in found)
+    assert any("$js.api.stream.info" in v.lower() for v in found)
+
+
+async def test_a_reporter_cannot_write_anything(secured, recorder) -> None:
+    reporter = await secured.connect("reporter")
+    attempts = [
+        subjects.intake("reporter"),
+        subjects.intake("ovd"),
+        subjects.log(CASE),
+        subjects.rejects("schema", "reporter"),
+        f"$JS.API.STREAM.CREATE.{subjects.LOG_STREAM}",
+        f"$JS.API.STREAM.UPDATE.{subjects.LOG_STREAM}",
+        f"$JS.API.CONSUMER.CREATE.{subjects.LOG_STREAM}",
+        "$JS.API.STREAM.CREATE.ELSEWHERE",
+        "$KV.anything.key",
+    ]
+    for subject in attempts:
+        await reporter.nc.publish(subject, encode(opened(CASE)))
+    assert len(await reporter.violations(len(attempts))) == len(attempts)
+    assert await secured.log_records() == []
+    op = await secured.connect("operator")
+    streams = {s.config.name for s in await op.nc.jetstream().streams_info()}
+    assert streams == {subjects.LOG_STREAM, subjects.REJECTS_STREAM}
+
+
+async def test_only_the_recorder_writes_the_log(secured, recorder) -> None:
+    """The operator, the projector and the reporter cannot append to the log either."""
+    for identity in ("operator", "projector", "reporter"):
+        client = await secured.connect(identity)
+        await client.nc.publish(subjects.log(CASE), encode({"event": opened(CASE)}))
+        assert await client.violations(), identity
+    assert await secured.log_records() == []
