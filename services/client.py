@@ -184,8 +184,9 @@ class Publisher:
         prepared = [e if isinstance(e, Prepared) else prepare(e) for e in events]
         results: list[SubmitResult | None] = [None] * len(prepared)
         sendable: list[tuple[int, Prepared]] = []
+        limit = self.max_bytes
         for i, event in enumerate(prepared):
-            oversized = self._oversized(event)
+            oversized = self._oversized(event, limit)
             if oversized is None:
                 sendable.append((i, event))
             else:
@@ -232,8 +233,8 @@ class Publisher:
             for task in tasks:
                 task.cancel()
 
-    def _oversized(self, event: Prepared) -> SubmitResult | None:
-        if len(event.body) + ENVELOPE_OVERHEAD <= self.max_bytes:
+    def _oversized(self, event: Prepared, limit: int | None = None) -> SubmitResult | None:
+        if len(event.body) + ENVELOPE_OVERHEAD <= (limit or self.max_bytes):
             return None
         return SubmitResult(
             event_id=event.event_id,
