@@ -36,9 +36,11 @@ from schemas.events import (
     Detained,
     Died,
     FactEvent,
+    IllTreatmentReported,
     Recognized,
     RecognitionWithdrawn,
     Released,
+    RemandExtended,
     Remanded,
     Sentenced,
     Transferred,
@@ -145,6 +147,15 @@ class CaseFold:
     def follows(self, day: dt.date, seq: int) -> bool:
         """Whether an event sorts after everything walked, so it can be applied in place."""
         return self.last_key is None or (day, seq) > self.last_key
+
+    def count_earlier(self, event: FactEvent) -> None:
+        """Walk an event of a NEUTRAL type that sorts before the last one walked.
+
+        It changes neither custody nor stage nor anything else the status keeps, and
+        is not the last event: walking the case again would only count it.
+        """
+        assert isinstance(event, NEUTRAL)
+        self.events += 1
 
     def _custody(self, custody: str, day: dt.date) -> None:
         if self.custody == DECEASED or custody == self.custody:
@@ -313,6 +324,10 @@ _STEPS = {
     Died: CaseFold._died,
     CaseClosed: CaseFold._case_closed,
 }
+
+
+# Types the table leaves out: they change only the count of events walked.
+NEUTRAL = (RemandExtended, IllTreatmentReported)
 
 
 def walk(case_id: str, events: Iterable[Version], on: dt.date | None = None) -> CaseFold:

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from projections import case_status, charges, recognitions, timeline
 from projections.effective import Kind, Version, in_force, versions
-from projections.status import CaseFold, walk
+from projections.status import NEUTRAL, CaseFold, walk
 from projections.timeline import Stored
 from schemas.dates import lower_bound
 from schemas.events import (
@@ -220,13 +220,16 @@ class ProjectionStore:
         return changes
 
     def _apply_in_place(
-        self, fold: CaseFold, items: list[_Item], days: list[dt.date], changes: _Changes
+        self, fold: CaseFold, items: list[_Item], days: list[dt.date | None], changes: _Changes
     ) -> None:
         case_id = fold.case_id
         for item, day in zip(items, days):
             record = item.record
             event = record.event
-            fold.apply(record.seq, event, day)  # type: ignore[arg-type]
+            if day is None:
+                fold.count_earlier(event)  # type: ignore[arg-type]
+            else:
+                fold.apply(record.seq, event, day)  # type: ignore[arg-type]
             version = Version(record, Kind.FACT, event.event_id, record.seq, event)  # type: ignore[arg-type]
             timeline.add_row(changes.timeline, version, item.event_json, day)
             if isinstance(event, _CHARGE_EVENTS):
@@ -347,16 +350,23 @@ class _Changes:
         self.recognitions: set[str] = set()
 
 
-def _in_order(fold: CaseFold, items: list[_Item]) -> list[dt.date] | None:
-    """The lower bounds of the new events if each sorts after the one before; else None."""
+def _in_order(fold: CaseFold, items: list[_Item]) -> list[dt.date | None] | None:
+    """How the new events can be applied in place, or None if the case must be walked again.
+
+    Per event: its lower bound if it sorts after everything before it, None if it
+    sorts earlier but is of a NEUTRAL type (it is only counted).
+    """
     last = fold.last_key
-    days = []
+    days: list[dt.date | None] = []
     for item in items:
         record = item.record
         day = lower_bound(record.event.occurred_on)
         key = (day, record.seq)
         if last is not None and key < last:
-            return None
+            if not isinstance(record.event, NEUTRAL):
+                return None
+            days.append(None)
+            continue
         last = key
         days.append(day)
     return days

@@ -67,6 +67,17 @@ async def stream_state(
             return state
 
 
+def stream_seq(reply: str) -> int:
+    """The stream sequence in a JetStream ack subject.
+
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>...` (9 tokens), or with a domain
+    and account hash before the stream (12). `Msg.metadata` builds the same from
+    dataclasses and a datetime: about a quarter of the reader's time per message.
+    """
+    tokens = reply.split(".")
+    return int(tokens[5] if len(tokens) == 9 else tokens[7])
+
+
 class LogReader:
     """Delivers `(seq, data)` pairs of the log in order, batched as they arrive.
 
@@ -93,7 +104,7 @@ class LogReader:
         self.position = self.start_seq - 1
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._buffer.append((msg.metadata.sequence.stream, msg.data))
+        self._buffer.append((stream_seq(msg.reply), msg.data))
         self._ready.set()
 
     async def __aenter__(self) -> LogReader:

@@ -5,11 +5,11 @@ from its checkpoint + 1 (an ordered consumer needs no acks), applies each batch 
 one transaction with the checkpoint (`projections.store`), and answers
 `casetrail.query.<name>` itself on separate cursors (`projections.queries`).
 
-Threads: the event loop reads NATS and answers requests; one writer thread owns
-the store's connection and applies batches (DuckDB releases the GIL while it
-works, so reading goes on meanwhile); a few reader threads run queries.
-While far behind the head of the log it reads bounded windows, so what it holds
-in memory stays bounded however long the log is.
+The log is read by a child process (`services.logfeed`), which hands raw batches
+over a pipe, so that nats-py's per-message work does not share this process's GIL
+with applying them. Threads here: the event loop answers requests; one writer
+thread owns the store's connection and applies batches; a few reader threads run
+queries on their own cursors.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from projections.store import ProjectionStore
 from schemas.dates import utc_today
 from services import subjects
 from services.connection import connect
-from services.log import LogReader, stream_state
+from services.logfeed import ChildFeed, InlineFeed
 from services.queries import (
     MAX_WAIT_S,
     NAMES,
@@ -50,12 +50,11 @@ from services.settings import Settings
 
 log = logging.getLogger("casetrail.projector")
 
-# While at least this far behind the head, read windows of CATCH_UP_WINDOW records.
-CATCH_UP_WINDOW = 100_000
-MAX_BATCH = 20_000  # records per transaction while catching up
 READERS = 4
 MAX_CONCURRENT_QUERIES = 64
 RETRY_S = 1.0
+import os
+_TRACE = os.environ.get("CASETRAIL_TRACE")
 _encoder = msgspec.json.Encoder()
 
 
@@ -69,8 +68,11 @@ class Projector:
         *,
         memory_limit: str = "384MB",
         readers: int = READERS,
+        reader_process: bool = True,
     ) -> None:
         self.settings = settings
+        # The log is read in a child process by default: see services.logfeed.
+        self._feed = ChildFeed if reader_process else InlineFeed
         self.db_path = Path(db_path)
         self.memory_limit = memory_limit
         self.position = 0
@@ -124,38 +126,22 @@ class Projector:
     async def _follow(self) -> None:
         while True:
             try:
-                await self._read_once()
+                async with self._feed(self.settings, self.position + 1) as feed:
+                    async for batch in feed.batches():
+                        await self._apply(batch)
             except asyncio.CancelledError:
                 raise
             except Exception:
-                log.exception("reading the log failed at seq %d; retrying", self.position)
+                log.exception("following the log failed at seq %d; starting again", self.position)
                 await asyncio.sleep(RETRY_S)
-
-    async def _read_once(self) -> None:
-        head = (await stream_state(self.nc)).last_seq
-        start = self.position + 1
-        # Far behind: a bounded window; near the head: follow it for ever.
-        stop = min(head, start + CATCH_UP_WINDOW - 1) if head - start >= MAX_BATCH else None
-        started, first = time.monotonic(), self.position
-        async with LogReader(self.nc.jetstream(), start, stop) as reader:
-            async for batch in reader.batches(max_batch=MAX_BATCH):
-                await self._apply(batch)
-                if stop is None and len(batch) >= MAX_BATCH:
-                    log.info("fallen behind the log at seq %d; catching up", self.position)
-                    return
-        if stop is not None:
-            elapsed = max(time.monotonic() - started, 1e-6)
-            log.info(
-                "caught up to seq %d of %d (%.0f records/s)",
-                self.position,
-                head,
-                (self.position - first) / elapsed,
-            )
 
     async def _apply(self, batch: list[tuple[int, bytes]]) -> None:
         assert self.store is not None
         loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
         self.position = await loop.run_in_executor(self._writer, self.store.apply, batch)
+        if _TRACE:
+            log.info("applied %d records to seq %d in %.1f ms", len(batch), self.position, (time.perf_counter() - t0) * 1000)
         advanced, self._advanced = self._advanced, asyncio.Event()
         advanced.set()
 
