@@ -96,7 +96,17 @@ def _logging(level: str = "INFO") -> None:
 async def _connect(nats_url: str, name: str):
     from services.connection import connect
 
-    return await connect(Settings.from_env(nats_url=nats_url), name, max_reconnect_attempts=2)
+    settings = Settings.from_env(nats_url=nats_url)
+    try:
+        # nats-py retries a failing TLS handshake for ever: bound the wait.
+        return await asyncio.wait_for(
+            connect(settings, name, max_reconnect_attempts=2), settings.request_timeout_s
+        )
+    except TimeoutError:
+        raise OSError(
+            f"no connection to {nats_url} within {settings.request_timeout_s:.0f} s "
+            "(with TLS: is CASETRAIL_TLS_CA the CA that signed the server's certificate?)"
+        ) from None
 
 
 # --- ingest ---------------------------------------------------------------------------
@@ -306,13 +316,38 @@ def up(
     port: Annotated[int, typer.Option(help="NATS client port.")] = 4222,
     http_port: Annotated[int, typer.Option(help="HTTP API port.")] = 8080,
     demo: Annotated[bool, typer.Option(help="Load the sample case.")] = False,
+    auth: Annotated[
+        bool, typer.Option(help="A NATS user per role; credentials (0600) under DATA/credentials.")
+    ] = False,
+    publisher: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--publisher", help="Under --auth, a publisher identity besides cli and demo (repeat)."
+        ),
+    ] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Serve clients TLS with this PEM certificate.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="The certificate's PEM private key.")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option(help="The CA the services trust for the server's certificate.")
+    ] = None,
 ) -> None:
     """Run the whole system on this machine until Ctrl-C."""
     from services.up import System
 
-    system = System(
-        data.resolve(), port=port, http_port=http_port, on_event=lambda m: err.print(m, highlight=False)
-    )
+    try:
+        system = System(
+            data.resolve(),
+            port=port,
+            http_port=http_port,
+            on_event=lambda m: err.print(m, highlight=False),
+            auth=auth,
+            publishers=("cli", "demo", *(publisher or ())),
+            tls_cert=tls_cert.resolve() if tls_cert else None,
+            tls_key=tls_key.resolve() if tls_key else None,
+            tls_ca=tls_ca.resolve() if tls_ca else None,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     run(_up(system, demo))
 
 
@@ -326,7 +361,7 @@ async def _up(system, demo: bool) -> None:
     try:
         await system.start()
         if demo:
-            pub = await Publisher.connect(system.settings, "demo")
+            pub = await Publisher.connect(system.settings_as("publisher-demo"), "demo")
             async with pub:
                 results = await pub.submit_many(example_path().read_bytes().splitlines())
             counts = Counter(r.status for r in results)
@@ -340,6 +375,12 @@ async def _up(system, demo: bool) -> None:
             f"--nats {system.server.url}. Ctrl-C stops it.",
             highlight=False,
         )
+        if system.credentials is not None:
+            err.print(
+                f"access control on: credentials in {system.credentials.directory}; "
+                f"e.g. export CASETRAIL_CREDENTIALS={system.credentials_of('operator')}",
+                highlight=False,
+            )
         await system.supervise(stop)
     finally:
         system.stop()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -21,8 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import msgspec
+
 from services import subjects
-from services.connection import connect, quiet
+from services.access import CredentialStore, auth_conf, tls_conf
+from services.connection import auth_options, connect, quiet, tls_context
 from services.natsserver import NatsServer
 from services.settings import Settings
 from services.streams import ensure_streams
@@ -42,8 +46,11 @@ class Service:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     restarts: list[float] = field(default_factory=list)
+    # The child's environment (credentials, TLS); None: this process's own.
+    env: dict[str, str] | None = None
 
     def start(self, env: dict[str, str] | None = None) -> None:
+        env = env or self.env
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as out:
             self.process = subprocess.Popen(
@@ -99,13 +106,37 @@ class System:
         services: tuple[str, ...] = ("recorder",),
         sync_interval: str = "always",
         on_event: Callable[[str], None] = lambda message: None,
+        auth: bool = False,
+        publishers: tuple[str, ...] = ("cli", "demo"),
+        tls_cert: Path | None = None,
+        tls_key: Path | None = None,
+        tls_ca: Path | None = None,
     ) -> None:
         self.data_dir = data_dir
-        self.server = NatsServer(data_dir / "nats", port=port, sync_interval=sync_interval)
-        self.settings = Settings.from_env(nats_url=self.server.url)
+        # --auth: a user per role (services.access), seeds under DATA/credentials.
+        self.credentials = CredentialStore(data_dir / "credentials") if auth else None
+        users = auth_conf(self.credentials.ensure(publishers)) if self.credentials else ""
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("TLS needs both a certificate and its key")
+        tls = tls_conf(tls_cert, tls_key) if tls_cert and tls_key else ""
+        self.server = NatsServer(
+            data_dir / "nats", port=port, sync_interval=sync_interval, auth_conf=users, tls_conf=tls
+        )
+        self.settings = Settings.from_env(
+            nats_url=self.server.url,
+            credentials=self.credentials_of("operator"),
+            tls_ca=str(tls_ca) if tls_ca else None,
+        )
         self.http_port = http_port
         self.say = on_event
         self.services = [self._service(name) for name in services]
+
+    def credentials_of(self, identity: str) -> str | None:
+        """The seed file of an identity (`operator`, `publisher-cli`, ...) under --auth."""
+        return str(self.credentials.path(identity)) if self.credentials else None
+
+    def settings_as(self, identity: str) -> Settings:
+        return msgspec.structs.replace(self.settings, credentials=self.credentials_of(identity))
 
     def _service(self, name: str) -> Service:
         args = ["--nats", self.server.url]
@@ -113,11 +144,16 @@ class System:
             args += ["--db", str(self.data_dir / "projections" / "casetrail.duckdb")]
         if name == "api":
             args += ["--port", str(self.http_port)]
-        return Service(name, args, self.data_dir / "logs" / f"{name}.log")
+        env = None
+        if self.credentials is not None or self.settings.tls_ca:
+            role = {"recorder": "recorder", "projector": "projector"}.get(name, "reporter")
+            env = {**os.environ, "CASETRAIL_CREDENTIALS": self.credentials_of(role) or ""}
+            env["CASETRAIL_TLS_CA"] = self.settings.tls_ca or ""
+        return Service(name, args, self.data_dir / "logs" / f"{name}.log", env=env)
 
     async def start(self) -> None:
         self.server.start()
-        await self.server.wait_ready()
+        await self.server.wait_ready(**auth_options(self.settings), tls=tls_context(self.settings))
         self.say(f"nats-server listening on {self.server.url} (JetStream under {self.server.data_dir})")
         nc = await connect(self.settings, "casetrail-up")
         try:

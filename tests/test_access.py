@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import stat
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import nats
 import pytest
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+import trustme
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from schemas.record import decode_record
 from services import subjects
@@ -18,11 +23,12 @@ from services.access import CredentialStore, auth_conf, public_key
 from services.client import Publisher
 from services.connection import auth_options, connect
 from services.log import read_log, stream_state
-from services.natsserver import NatsServer
+from services.natsserver import NatsServer, free_port
 from services.recorder import RecorderService
 from services.settings import Settings
 from services.streams import ensure_streams
-from tests.helpers import encode, opened
+from tests.helpers import ROOT, encode, event, opened
+from tests.test_cli import casetrail
 
 CASE = "ru-2022-access"
 
@@ -232,3 +238,63 @@ async def test_only_the_recorder_writes_the_log(secured, recorder) -> None:
         await client.nc.publish(subjects.log(CASE), encode({"event": opened(CASE)}))
         assert await client.violations(), identity
     assert await secured.log_records() == []
+
+
+async def test_up_with_auth_and_tls_wires_every_service_and_command(tmp_path: Path) -> None:
+    """`casetrail up --auth --tls-*`: the services and the CLI connect with their roles over TLS."""
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1", "localhost")
+    ca_pem, cert_pem, key_pem = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    ca.cert_pem.write_to_path(str(ca_pem))
+    issued.cert_chain_pems[0].write_to_path(str(cert_pem))
+    issued.private_key_pem.write_to_path(str(key_pem))
+    data, port = tmp_path / "data", free_port()
+    url = f"nats://127.0.0.1:{port}"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services", "up", "--data", str(data), "--port", str(port),
+        "--http-port", str(free_port()), "--demo", "--auth", "--publisher", "ovd",
+        "--tls-cert", str(cert_pem), "--tls-key", str(key_pem), "--tls-ca", str(ca_pem),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
+    )  # fmt: skip
+    try:
+        seen = b""
+        async with asyncio.timeout(120):
+            while b"casetrail is up" not in seen:
+                line = await proc.stdout.readline()  # type: ignore[union-attr]
+                assert line, seen.decode()
+                seen += line
+        assert b"demo: sample case ru-2022-klokov: 5 accepted" in seen  # as publisher-demo, via TLS
+        creds = data / "credentials"
+        assert sorted(p.name for p in creds.iterdir()) == [
+            "operator.nk", "projector.nk", "publisher-cli.nk", "publisher-demo.nk",
+            "publisher-ovd.nk", "recorder.nk", "reporter.nk",
+        ]  # fmt: skip
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in creds.iterdir())
+
+        def env(identity: str | None, ca_file: Path | None = ca_pem) -> dict[str, str]:
+            return {
+                "CASETRAIL_CREDENTIALS": str(creds / f"{identity}.nk") if identity else "",
+                "CASETRAIL_TLS_CA": str(ca_file) if ca_file else "",
+                "CASETRAIL_REQUEST_TIMEOUT": "3",
+            }
+
+        code, out, _ = await casetrail("log", "stats", "--json", "--nats", url, env=env("operator"))
+        assert code == 0 and json.loads(out)["records"] == 5
+        more = encode(event("detained", "ru-2022-klokov", "ovd-detained-again", "2022-03-17"))
+        code, out, _ = await casetrail(
+            "ingest", "-", "--as", "ovd", "--json", "--nats", url, stdin=more, env=env("publisher-ovd")
+        )
+        assert code == 0 and json.loads(out)["accepted"] == 1
+        # Without credentials, or without trusting the server's CA: no connection (exit 2).
+        code, _, err = await casetrail("log", "stats", "--nats", url, env=env(None))
+        assert code == 2, err
+        code, _, err = await casetrail("log", "stats", "--nats", url, env=env("operator", None))
+        assert code == 2 and b"CERTIFICATE_VERIFY_FAILED" in err
+        # A publisher's credentials do not let it read the log.
+        code, _, err = await casetrail("log", "stats", "--nats", url, env=env("publisher-ovd"))
+        assert code == 2 and b"permissions violation" in err
+        code, out, _ = await casetrail("log", "stats", "--json", "--nats", url, env=env("operator"))
+        assert json.loads(out)["records"] == 6
+    finally:
+        proc.send_signal(signal.SIGINT)
+        await asyncio.wait_for(proc.wait(), 60)
