@@ -8,6 +8,7 @@ one result per submitted event, in order.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
 import msgspec
@@ -55,6 +56,11 @@ def split_submission(body: bytes) -> Submission:
     """Tell a batch from a single event without decoding the events themselves."""
     try:
         top = _top.decode(body)
+    except RecursionError:  # an event nested too deeply for msgspec: split without it
+        parts = _split_deep_batch(body)
+        if parts is None or len(parts) > MAX_BATCH_EVENTS:
+            return Submission([Raw(body)], batch=False)
+        return Submission([Raw(p) for p in parts], batch=True)
     except msgspec.DecodeError:
         return Submission([Raw(body)], batch=False)  # the event decoder explains what is wrong
     if "events" not in top:
@@ -70,7 +76,7 @@ def split_submission(body: bytes) -> Submission:
         )
     try:
         events = _batch.decode(top["events"])
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return Submission(
             [Raw(body)],
             batch=True,
@@ -89,11 +95,56 @@ def split_submission(body: bytes) -> Submission:
     return Submission(events, batch=True)
 
 
+_BATCH_START = re.compile(rb'\s*\{\s*"events"\s*:\s*\[')
+_BATCH_END = re.compile(rb"\s*\}\s*")
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_STRUCTURAL = re.compile(rb'["\[\]{},]')
+
+
+def _split_deep_batch(body: bytes) -> list[bytes] | None:
+    """The events of `{"events": [...]}` found by counting brackets, not by recursing.
+
+    Used only when msgspec gives up on a body nested deeper than the interpreter's
+    recursion limit, so that one such event is refused alone (`malformed`) and the
+    others of its batch are still decided. None if the body is not such a batch.
+    """
+    start = _BATCH_START.match(body)
+    if start is None:
+        return None
+    parts: list[bytes] = []
+    depth, pos, begin = 0, start.end(), start.end()
+    while (token := _STRUCTURAL.search(body, pos)) is not None:
+        at, char = token.start(), body[token.start()]
+        pos = at + 1
+        if char == 0x22:  # a string: skip it whole, brackets in it do not count
+            string = _STRING.match(body, at)
+            if string is None:
+                return None
+            pos = string.end()
+        elif char in b"[{":
+            depth += 1
+        elif char in b"]}" and depth > 0:
+            depth -= 1
+        elif char == 0x2C and depth == 0:  # a comma between two events
+            parts.append(body[begin:at].strip())
+            begin = pos
+        elif char == 0x5D and depth == 0:  # the end of the events array
+            last = body[begin:at].strip()
+            if last or parts:
+                parts.append(last)
+            if not all(parts) or _BATCH_END.fullmatch(body, pos) is None:
+                return None
+            return parts
+        elif depth == 0:
+            return None
+    return None
+
+
 def peek_event_id(raw: bytes) -> str | None:
     """The event_id of a submission that may not even decode, for the reply."""
     try:
         value = msgspec.json.decode(raw, type=_IdOnly)
-    except (msgspec.DecodeError, TypeError):
+    except (msgspec.DecodeError, TypeError, RecursionError):
         return None
     return value.event_id if isinstance(value.event_id, str) else None
 

@@ -259,4 +259,8 @@ def decode_event(raw: bytes, today: dt.date) -> Event:
         raise _from_msgspec(exc) from None
     except msgspec.DecodeError as exc:
         raise Rejected(Code.MALFORMED, f"`$`: not valid JSON ({exc})") from None
+    except RecursionError:  # msgspec stops at the interpreter's recursion limit
+        raise Rejected(
+            Code.MALFORMED, "`$`: nested too deeply (more than about 1,000 levels of arrays or objects)"
+        ) from None
     return validate(event, today)
