@@ -41,6 +41,8 @@ app.add_typer(streams_app, name="streams")
 app.add_typer(log_app, name="log")
 app.add_typer(schema_app, name="schema")
 app.add_typer(serve_app, name="serve")
+auth_app = typer.Typer(help="Access control: NATS users per role.", no_args_is_help=True)
+app.add_typer(auth_app, name="auth")
 
 out = Console()
 err = Console(stderr=True)
@@ -303,6 +305,34 @@ def serve_projector(
 
     _logging()
     run(serve(Settings.from_env(nats_url=nats_url), db, memory_limit=memory_limit))
+
+
+# --- auth -----------------------------------------------------------------------------
+
+
+@auth_app.command("init")
+def auth_init(
+    directory: Annotated[Path, typer.Argument(help="Where to keep auth.conf and credentials/.")],
+    publisher: Annotated[
+        list[str] | None, typer.Option("--publisher", help="A publisher identity (repeat).")
+    ] = None,
+) -> None:
+    """Create (or extend) a user per role: DIR/credentials/<identity>.nk and DIR/auth.conf.
+
+    Seeds already there are kept. Mount DIR/auth.conf as the servers' auth.conf
+    (compose.auth.yaml does) and give each process its identity's file in
+    CASETRAIL_CREDENTIALS. Every file is readable by its owner only.
+    """
+    from services.access import CredentialStore, auth_conf, write_private
+
+    store = CredentialStore(directory / "credentials")
+    try:
+        identities = store.ensure(tuple(publisher or ("cli",)))
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    write_private(directory / "auth.conf", auth_conf(identities))
+    for identity in identities:
+        out.print(f"{identity.name}: {store.path(identity.name)}", highlight=False)
 
 
 # --- up -------------------------------------------------------------------------------
