@@ -40,6 +40,8 @@ SCHEMA = pa.schema(
 
 DDL = [
     ddl(NAME, SCHEMA),
+    # Status by case, and the deletes of each batch, are point lookups.
+    f"CREATE INDEX IF NOT EXISTS {NAME}_case ON {NAME} (case_id)",
     f"""CREATE OR REPLACE VIEW {NAME}_today AS
     SELECT *, closed_custody_days + CASE WHEN custody = 'in_custody'
         THEN greatest(0, date_diff('day', custody_since, current_date)) ELSE 0 END

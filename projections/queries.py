@@ -49,12 +49,20 @@ class Filters(msgspec.Struct, kw_only=True):
             where.append("list_contains(recognized_by, ?)")
             params.append(self.recognized_by)
         if self.article is not None:
-            where.append(
-                "case_id IN (SELECT case_id FROM charges WHERE article = ? "
-                "OR code || ' ' || article = ? OR display = ?)"
-            )
-            params += [self.article] * 3
+            column, values = self._article()
+            where.append(f"case_id IN (SELECT case_id FROM charges WHERE {column})")
+            params += values
         return (" WHERE " + " AND ".join(where)) if where else "", params
+
+    def _article(self) -> tuple[str, list[object]]:
+        """`207.3` names an article, `RU-CC 207.3` one of a code, `RU-CC 207.3(2)(a)` a display form."""
+        wanted = (self.article or "").strip()
+        if "(" in wanted:
+            return "display = ?", [wanted]
+        if " " in wanted:
+            code, article = wanted.split(None, 1)
+            return "code = ? AND article = ?", [code, article]
+        return "article = ?", [wanted]
 
     def matches(self, fold: CaseFold) -> bool:
         """The same test as `sql`, on a fold walked for a past question."""
@@ -65,10 +73,15 @@ class Filters(msgspec.Struct, kw_only=True):
         if self.recognized_by is not None and self.recognized_by not in fold.recognized_by:
             return False
         if self.article is not None:
-            wanted = self.article
-            if not any(
-                wanted in (c.article, f"{c.code} {c.article}", c.display) for c in fold.charges
-            ):
+            wanted = self.article.strip()
+            if "(" in wanted:
+                found = any(c.display == wanted for c in fold.charges)
+            elif " " in wanted:
+                code, article = wanted.split(None, 1)
+                found = any((c.code, c.article) == (code, article) for c in fold.charges)
+            else:
+                found = any(c.article == wanted for c in fold.charges)
+            if not found:
                 return False
         return True
 
@@ -178,13 +191,13 @@ class Reader:
         with self.snapshot() as as_of_seq:
             if on is None and known_at is None:
                 where, params = filters.sql()
+                # The count apart: a window count beside the page made DuckDB sort every match.
                 rows = self.cur.execute(
-                    f"SELECT {case_status.COLUMNS}, count(*) OVER () FROM case_status{where} "
-                    "ORDER BY case_id LIMIT ? OFFSET ?",
+                    f"SELECT {case_status.COLUMNS} FROM case_status{where} ORDER BY case_id LIMIT ? OFFSET ?",
                     [*params, limit, offset],
                 ).fetchall()
-                total = rows[0][-1] if rows else self._count(where, params)
-                found = [case_status.from_row(row[:-1], today, as_of_seq) for row in rows]
+                total = self._count(where, params)
+                found = [case_status.from_row(row, today, as_of_seq) for row in rows]
                 return as_of_seq, total, found
             return (as_of_seq, *self._past_cases(filters, on or today, known_at, limit, offset, as_of_seq))
 

@@ -116,6 +116,7 @@ class CaseFold:
         "charges",
         "charge_forms",
         "recognitions",
+        "recognized_by",
         "custody_since",
         "closed_custody_days",
         "sentence",
@@ -135,6 +136,7 @@ class CaseFold:
         self.charges: list[Charge] = []
         self.charge_forms: list[str] = []  # their display forms, in the same order
         self.recognitions: dict[str, Recognition] = {}
+        self.recognized_by: list[str] = []  # kept sorted as recognitions change
         self.custody_since: dt.date | None = None
         # Days of in_custody spells that have ended; the open one is counted on asking.
         self.closed_custody_days = 0
@@ -240,6 +242,10 @@ class CaseFold:
             reason=previous.reason if previous else None,
             statement_url=event.statement_url,
         )
+        self._recognitions_changed()
+
+    def _recognitions_changed(self) -> None:
+        self.recognized_by = sorted(org for org, r in self.recognitions.items() if r.recognized)
 
     def _recognition_withdrawn(self, event: RecognitionWithdrawn, day: dt.date) -> None:
         previous = self.recognitions.get(event.organization)
@@ -252,6 +258,7 @@ class CaseFold:
             reason=event.reason,
             statement_url=previous.statement_url if previous else None,
         )
+        self._recognitions_changed()
 
     def _died(self, event: Died, day: dt.date) -> None:
         self._custody(DECEASED, day)
@@ -279,10 +286,6 @@ class CaseFold:
 
     # -- what the walk says
 
-    @property
-    def recognized_by(self) -> list[str]:
-        return sorted(org for org, r in self.recognitions.items() if r.recognized)
-
     def days_in_custody(self, on: dt.date) -> int:
         """Closed spells, plus the open one up to but not including `on`."""
         days = self.closed_custody_days
@@ -297,7 +300,7 @@ class CaseFold:
             custody=self.custody,
             stage=self.stage,
             charges=list(self.charge_forms),
-            recognized_by=self.recognized_by,
+            recognized_by=list(self.recognized_by),
             custody_since=self.custody_since.isoformat() if self.custody_since else None,
             days_in_custody=self.days_in_custody(on),
             sentence=msgspec.structs.replace(self.sentence) if self.sentence else None,

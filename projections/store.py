@@ -30,7 +30,7 @@ import msgspec
 import pyarrow as pa
 
 from projections import case_status, charges, recognitions, timeline
-from projections.effective import Kind, Version, in_force, versions
+from projections.effective import in_force, versions
 from projections.status import NEUTRAL, CaseFold, walk
 from projections.timeline import Stored
 from schemas.dates import lower_bound
@@ -98,7 +98,7 @@ class _Item:
             event=event_decoder.decode(raw),
         )
         self.case_version = envelope.case_version
-        self.event_json = raw.decode()
+        self.event_json = raw  # UTF-8 JSON: Arrow takes the bytes for a text column as they are
 
 
 class ProjectionStore:
@@ -172,16 +172,23 @@ class ProjectionStore:
 
     def apply(self, batch: Sequence[tuple[int, bytes]]) -> int:
         """Apply the records after the checkpoint; return the new checkpoint."""
-        fresh = [(seq, data) for seq, data in batch if seq > self.position]
-        if not fresh:
-            return self.position
         by_case: dict[str, list[_Item]] = {}
-        for seq, data in fresh:
+        last_seq = self.position
+        for seq, data in batch:
+            if seq <= last_seq:
+                continue  # delivered again: already applied
             item = _Item(seq, data)
-            by_case.setdefault(item.record.event.case_id, []).append(item)
+            case = by_case.get(item.record.event.case_id)
+            if case is None:
+                by_case[item.record.event.case_id] = [item]
+            else:
+                case.append(item)
+            last_seq = seq
+        if not by_case:
+            return self.position
         try:
             changes = self._fold(by_case)
-            self._write(fresh[-1][0], changes)
+            self._write(last_seq, changes)
         except BaseException:
             # Folds may hold what was not committed: walk those cases again next time.
             for case_id in by_case:
@@ -191,8 +198,8 @@ class ProjectionStore:
             seqs = self.seqs.get(case_id)
             if seqs is None:
                 seqs = self.seqs[case_id] = array("q")
-            seqs.extend(item.record.seq for item in items)
-        self.position = fresh[-1][0]
+            seqs.extend([item.record.seq for item in items])
+        self.position = last_seq
         return self.position
 
     def _fold(self, by_case: dict[str, list[_Item]]) -> _Changes:
@@ -228,10 +235,10 @@ class ProjectionStore:
             event = record.event
             if day is None:
                 fold.count_earlier(event)  # type: ignore[arg-type]
+                day = lower_bound(event.occurred_on)
             else:
                 fold.apply(record.seq, event, day)  # type: ignore[arg-type]
-            version = Version(record, Kind.FACT, event.event_id, record.seq, event)  # type: ignore[arg-type]
-            timeline.add_row(changes.timeline, version, item.event_json, day)
+            timeline.add_fact_row(changes.timeline, record, event, item.event_json, day)
             if isinstance(event, _CHARGE_EVENTS):
                 changes.charges.add(case_id)
             elif isinstance(event, _RECOGNITION_EVENTS):

@@ -19,7 +19,7 @@ import msgspec
 import pyarrow as pa
 
 from projections.columns import Rows, ddl
-from projections.effective import Version
+from projections.effective import Kind, State, Version
 from projections.summary import summary
 from schemas.dates import lower_bound
 from schemas.events import Event, EventBase
@@ -63,6 +63,7 @@ STATE_SCHEMA = pa.schema(
     ]
 )
 
+_FACT, _EFFECTIVE = Kind.FACT.value, State.EFFECTIVE.value
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)
 
@@ -90,7 +91,7 @@ def content(version: Version) -> EventBase:
     return version.fact if version.fact is not None else version.record.event
 
 
-def add_row(rows: Rows, version: Version, event_json: str, day: dt.date | None = None) -> None:
+def add_row(rows: Rows, version: Version, event_json: str | bytes, day: dt.date | None = None) -> None:
     """One row for a version; `day` is the lower bound of what it shows, when known."""
     record = version.record
     shown = content(version)
@@ -111,6 +112,30 @@ def add_row(rows: Rows, version: Version, event_json: str, day: dt.date | None =
             record.recorded_by,
             version.state,
             version.corrected,
+            event_json,
+        )
+    )
+
+
+def add_fact_row(rows: Rows, record: Stored, event: EventBase, event_json: bytes, day: dt.date) -> None:
+    """`add_row` for a new fact that is its own only version (the common case), without a Version."""
+    rows.rows.append(
+        (
+            event.case_id,
+            record.seq,
+            record.seq,
+            event.event_id,
+            event.event_id,
+            _FACT,
+            event.type,
+            event.occurred_on,
+            day,
+            event.circa,
+            summary(event),
+            record.recorded_at,
+            record.recorded_by,
+            _EFFECTIVE,
+            False,
             event_json,
         )
     )

@@ -53,8 +53,6 @@ log = logging.getLogger("casetrail.projector")
 READERS = 4
 MAX_CONCURRENT_QUERIES = 64
 RETRY_S = 1.0
-import os
-_TRACE = os.environ.get("CASETRAIL_TRACE")
 _encoder = msgspec.json.Encoder()
 
 
@@ -138,10 +136,14 @@ class Projector:
     async def _apply(self, batch: list[tuple[int, bytes]]) -> None:
         assert self.store is not None
         loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         self.position = await loop.run_in_executor(self._writer, self.store.apply, batch)
-        if _TRACE:
-            log.info("applied %d records to seq %d in %.1f ms", len(batch), self.position, (time.perf_counter() - t0) * 1000)
+        log.debug(
+            "applied %d records to seq %d in %.1f ms",
+            len(batch),
+            self.position,
+            (time.perf_counter() - started) * 1000,
+        )
         advanced, self._advanced = self._advanced, asyncio.Event()
         advanced.set()
 
