@@ -198,7 +198,9 @@ class CredentialStore:
 def tls_conf(cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str]) -> str:
     """The server's `tls` block: clients must connect with TLS (and check the certificate)."""
     block = {"cert_file": str(cert_file), "key_file": str(key_file), "timeout": 5}
-    return f"# casetrail: TLS for client connections; generated.\ntls {json.dumps(block, indent=2)}\n"
+    return (
+        f"# casetrail: TLS for client connections; generated.\ntls {json.dumps(block, indent=2)}\n"
+    )
 
 
 __all__ = [

@@ -111,6 +111,12 @@ async def _connect(nats_url: str, name: str):
         ) from None
 
 
+# `casetrail query status|timeline|cases|stats` (services.cli_query); `query sql` below joins it.
+from services.cli_query import query_app  # noqa: E402  (needs the helpers above)
+
+app.add_typer(query_app, name="query")
+
+
 # --- ingest ---------------------------------------------------------------------------
 
 
@@ -305,6 +311,42 @@ def serve_projector(
 
     _logging()
     run(serve(Settings.from_env(nats_url=nats_url), db, memory_limit=memory_limit))
+
+
+# --- query ----------------------------------------------------------------------------
+
+
+@query_app.command("sql")
+def query_sql(
+    query: Annotated[str, typer.Argument(help="One SELECT over the projection tables.")],
+    limit: Annotated[int, typer.Option(help="At most this many rows (up to 10,000).")] = 1000,
+    nats_url: NatsUrl = DEFAULT_NATS_URL,
+    as_json: AsJson = False,
+) -> None:
+    """Read-only SQL: writes, ATTACH, COPY, INSTALL/LOAD and file access are refused (exit 1)."""
+    from services.queries import QueryClient, QueryError
+
+    async def go():
+        nc = await _connect(nats_url, "casetrail-query")
+        try:
+            return await QueryClient(nc).sql(query, limit=limit)
+        except QueryError as exc:
+            return exc
+        finally:
+            await nc.close()
+
+    answer = run(go())
+    if not isinstance(answer, dict):
+        raise fail(f"{answer.code}: {answer.message}", EXIT_FAILED)
+    if as_json:
+        print_json(answer)
+        return
+    table = Table(*answer["columns"], caption=f"as of seq {answer['as_of_seq']}")
+    for row in answer["rows"]:
+        table.add_row(*("" if v is None else str(v) for v in row))
+    out.print(table)
+    if answer["truncated"]:
+        err.print(f"only the first {len(answer['rows'])} rows; raise --limit for more")
 
 
 # --- auth -----------------------------------------------------------------------------

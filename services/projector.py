@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from projections import sql as projection_sql
 from projections.queries import Filters, Reader
 from projections.store import ProjectionStore
 from schemas.dates import utc_today
@@ -41,6 +42,7 @@ from services.queries import (
     QUEUE,
     CasesRequest,
     QueryError,
+    SqlRequest,
     StatusRequest,
     TimelineRequest,
     decode_request,
@@ -258,7 +260,14 @@ def _not_found(request: StatusRequest | TimelineRequest) -> str:
     return f"no case {request.case_id!r} in the projection{suffix}"
 
 
-_READS = {"status": _status, "timeline": _timeline, "cases": _cases, "stats": _stats}
+def _sql(reader: Reader, request: SqlRequest, today: dt.date) -> Any:
+    try:
+        return projection_sql.run(reader.cur, request.query, limit=request.limit)
+    except projection_sql.SqlRefused as exc:
+        raise QueryError("bad_request", f"`query`: {exc}") from None
+
+
+_READS = {"status": _status, "timeline": _timeline, "cases": _cases, "stats": _stats, "sql": _sql}
 
 
 async def serve(settings: Settings, db_path: str | Path, *, memory_limit: str = "384MB") -> None:

@@ -11,6 +11,7 @@ applied that position, so a client reads its own writes.
 | `timeline` | `case_id`, `on`, `known_at`, `history` | `{"as_of_seq", "case_id", "timeline": [...]}` |
 | `cases` | the filters, `on`, `known_at`, `limit`, `offset` | `{"as_of_seq", "total", "cases": [...]}` |
 | `stats` | | `{"as_of_seq", "cases", "events", "records", "by_custody", ...}` |
+| `sql` | `query` (one read-only SELECT), `limit` | `{"as_of_seq", "columns", "rows", "truncated"}` (`projections.sql`) |
 
 A refusal is `{"error": {"code", "message"}, "as_of_seq"}` with code `bad_request`,
 `not_found`, `not_caught_up` (min_seq not reached in time) or `unavailable`.
@@ -25,12 +26,13 @@ from typing import Any
 
 import msgspec
 from nats.aio.client import Client
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from schemas.dates import BadDate, parse_full, parse_rfc3339
 from services import subjects
 
-NAMES = ("status", "timeline", "cases", "stats")
+NAMES = ("status", "timeline", "cases", "stats", "sql")
 QUEUE = "casetrail-projectors"
 MAX_WAIT_S = 10.0
 
@@ -86,11 +88,17 @@ class StatsRequest(_Request, kw_only=True):
     pass
 
 
+class SqlRequest(_Request, kw_only=True):
+    query: str
+    limit: int = 1000
+
+
 REQUESTS: dict[str, type[_Request]] = {
     "status": StatusRequest,
     "timeline": TimelineRequest,
     "cases": CasesRequest,
     "stats": StatsRequest,
+    "sql": SqlRequest,
 }
 
 
@@ -152,3 +160,6 @@ class QueryClient:
 
     async def stats(self, **options: Any) -> dict:
         return await self.ask("stats", **options)
+
+    async def sql(self, query: str, **options: Any) -> dict:
+        return await self.ask("sql", query=query, **options)

@@ -40,9 +40,13 @@ def workload(cases: int, total: int, seed: int) -> list[dict]:
     kinds = [
         lambda c, e, d: event("detained", c, e, d, place="Moscow", authority="FSB"),
         lambda c, e, d: event("charged", c, e, d, charges=[CHARGE]),
-        lambda c, e, d: event("remanded", c, e, d, measure="custody", court="Presnensky District Court"),
+        lambda c, e, d: event(
+            "remanded", c, e, d, measure="custody", court="Presnensky District Court"
+        ),
         lambda c, e, d: event("transferred", c, e, d, facility=f"SIZO-{rng.randint(1, 9)}"),
-        lambda c, e, d: event("recognized", c, e, d, organization=rng.choice(["Memorial", "OVD-Info"])),
+        lambda c, e, d: event(
+            "recognized", c, e, d, organization=rng.choice(["Memorial", "OVD-Info"])
+        ),
         lambda c, e, d: event("ill_treatment_reported", c, e, d, kind="threats"),
     ]
     while len(events) < total:
@@ -103,7 +107,9 @@ def projection_rows(path: Path) -> dict[str, list[tuple]]:
     """Every projection table, sorted, and the checkpoint (its time left out)."""
     con = duckdb.connect(str(path), read_only=True)
     try:
-        rows = {p.NAME: con.sql(f"SELECT * FROM {p.NAME} ORDER BY ALL").fetchall() for p in PROJECTIONS}
+        rows = {
+            p.NAME: con.sql(f"SELECT * FROM {p.NAME} ORDER BY ALL").fetchall() for p in PROJECTIONS
+        }
         rows["checkpoint"] = con.sql("SELECT last_seq FROM checkpoint").fetchall()
         return rows
     finally:
@@ -121,7 +127,9 @@ def rebuild(raw: list[tuple[int, bytes]], path: Path) -> dict[str, list[tuple]]:
     return projection_rows(path)
 
 
-def assert_projection_is_a_clean_rebuild(db: Path, raw: list[tuple[int, bytes]], scratch: Path) -> None:
+def assert_projection_is_a_clean_rebuild(
+    db: Path, raw: list[tuple[int, bytes]], scratch: Path
+) -> None:
     live = projection_rows(db)
     clean = rebuild(raw, scratch)
     assert live["checkpoint"] == [(raw[-1][0],)]

@@ -168,7 +168,9 @@ async def test_a_publisher_cannot_write_the_log_or_the_rejects(secured, recorder
     assert (await stream_state(op.nc, subjects.REJECTS_STREAM)).messages == 0
 
 
-@pytest.mark.parametrize("identity", ["publisher-ovd", "reporter", "projector", "recorder", "operator"])
+@pytest.mark.parametrize(
+    "identity", ["publisher-ovd", "reporter", "projector", "recorder", "operator"]
+)
 async def test_nobody_can_delete_or_purge_a_stream(secured, recorder, identity: str) -> None:
     ovd = await secured.connect("publisher-ovd")
     await Publisher(ovd.nc, "ovd").submit(opened(CASE))
@@ -282,7 +284,15 @@ async def test_up_with_auth_and_tls_wires_every_service_and_command(tmp_path: Pa
         assert code == 0 and json.loads(out)["records"] == 5
         more = encode(event("detained", "ru-2022-klokov", "ovd-detained-again", "2022-03-17"))
         code, out, _ = await casetrail(
-            "ingest", "-", "--as", "ovd", "--json", "--nats", url, stdin=more, env=env("publisher-ovd")
+            "ingest",
+            "-",
+            "--as",
+            "ovd",
+            "--json",
+            "--nats",
+            url,
+            stdin=more,
+            env=env("publisher-ovd"),
         )
         assert code == 0 and json.loads(out)["accepted"] == 1
         # Without credentials, or without trusting the server's CA: no connection (exit 2).

@@ -82,7 +82,9 @@ def test_compose_runs_a_three_node_jetstream_cluster_from_the_shipped_files() ->
         names.add(env["NATS_SERVER_NAME"])
         routes.add(env["NATS_ROUTES"])
         # Its own named volume holds the JetStream store.
-        (store,) = [v.split(":")[0] for v in node["volumes"] if v.split(":")[1] == env["NATS_STORE_DIR"]]
+        (store,) = [
+            v.split(":")[0] for v in node["volumes"] if v.split(":")[1] == env["NATS_STORE_DIR"]
+        ]
         assert store in COMPOSE["volumes"]
         volumes.add(store)
         health = " ".join(node["healthcheck"]["test"])
@@ -92,11 +94,15 @@ def test_compose_runs_a_three_node_jetstream_cluster_from_the_shipped_files() ->
     assert len(volumes) == 3 and len(names) == 3
     (route_list,) = routes
     port = SERVICES["nats1"]["environment"]["NATS_CLUSTER_PORT"]
-    assert sorted(re.findall(r"nats://([a-z0-9]+):(\d+)", route_list)) == [(n, port) for n in sorted(NODES)]
+    assert sorted(re.findall(r"nats://([a-z0-9]+):(\d+)", route_list)) == [
+        (n, port) for n in sorted(NODES)
+    ]
 
 
 @pytest.mark.parametrize("node", sorted(NODES))
-def test_nats_server_accepts_the_configuration_compose_gives_each_node(node: str, tmp_path: Path) -> None:
+def test_nats_server_accepts_the_configuration_compose_gives_each_node(
+    node: str, tmp_path: Path
+) -> None:
     service = SERVICES[node]
     conf_dir = tmp_path / "nats"
     shutil.copytree(NATSCONF, conf_dir)
@@ -135,7 +141,9 @@ def test_every_casetrail_service_runs_a_real_command() -> None:
         assert (ROOT / service["build"] / "Dockerfile").exists()
         env = service["environment"]
         urls = env["CASETRAIL_NATS_URL"].split(",")
-        assert {u.split("//")[1] for u in urls} == {f"{n}:{SERVICES[n]['environment']['NATS_PORT']}" for n in NODES}
+        assert {u.split("//")[1] for u in urls} == {
+            f"{n}:{SERVICES[n]['environment']['NATS_PORT']}" for n in NODES
+        }
         assert env["CASETRAIL_REPLICAS"] == "3"  # R3 streams
     assert [s["command"][1:3] for s in apps.values()].count(["serve", "recorder"]) == 2
     # The streams exist before any service starts; they start once every node is healthy.
@@ -147,7 +155,9 @@ def test_every_casetrail_service_runs_a_real_command() -> None:
             assert service["depends_on"]["streams"]["condition"] == "service_completed_successfully"
     projector = apps["projector"]["command"]
     db = projector[projector.index("--db") + 1]
-    (volume,) = [v.split(":")[0] for v in apps["projector"]["volumes"] if db.startswith(v.split(":")[1])]
+    (volume,) = [
+        v.split(":")[0] for v in apps["projector"]["volumes"] if db.startswith(v.split(":")[1])
+    ]
     assert volume in COMPOSE["volumes"]
     # The image holds every package the project ships.
     dockerfile = (ROOT / "Dockerfile").read_text()
@@ -175,4 +185,3 @@ def test_compose_auth_mounts_what_auth_init_writes_and_gives_each_service_its_ro
             (source,) = [s for s, t in binds(override) if t == creds]
             assert Path(source).name == f"{roles[name]}.nk"
     assert set(AUTH["services"]) == set(SERVICES)
-

@@ -41,7 +41,9 @@ CHUNK = 300
 
 
 async def client(server: NatsServer, name: str) -> nats.NATS:
-    return await connect(Settings(nats_url=server.url), name, error_cb=quiet, reconnect_time_wait=0.1)
+    return await connect(
+        Settings(nats_url=server.url), name, error_cb=quiet, reconnect_time_wait=0.1
+    )
 
 
 def crash_points(seed: int, low: int, high: int) -> list[int]:
@@ -87,7 +89,9 @@ async def check_everything(
     assert_projection_is_a_clean_rebuild(db, raw, tmp / "rebuild.duckdb")
 
 
-async def test_kill_9_the_recorder_at_ten_random_points(nats_server, streams, spawn, tmp_path) -> None:
+async def test_kill_9_the_recorder_at_ten_random_points(
+    nats_server, streams, spawn, tmp_path
+) -> None:
     nc = await client(nats_server, "casetrail-test")
     url = ("--nats", nats_server.url)
     recorder = spawn("recorder", *url)
@@ -113,7 +117,9 @@ async def test_kill_9_the_recorder_at_ten_random_points(nats_server, streams, sp
     await nc.close()
 
 
-async def test_kill_9_the_projector_at_ten_random_points(nats_server, streams, spawn, tmp_path) -> None:
+async def test_kill_9_the_projector_at_ten_random_points(
+    nats_server, streams, spawn, tmp_path
+) -> None:
     nc = await client(nats_server, "casetrail-test")
     url = ("--nats", nats_server.url)
     spawn("recorder", *url)
@@ -141,7 +147,9 @@ async def test_kill_9_the_projector_at_ten_random_points(nats_server, streams, s
     await nc.close()
 
 
-async def test_kill_9_the_nats_server_at_ten_random_points(nats_server, streams, spawn, tmp_path) -> None:
+async def test_kill_9_the_nats_server_at_ten_random_points(
+    nats_server, streams, spawn, tmp_path
+) -> None:
     nc = await client(nats_server, "casetrail-test")
     url = ("--nats", nats_server.url)
     spawn("recorder", *url)

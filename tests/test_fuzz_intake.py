@@ -43,7 +43,13 @@ from tests.helpers import SOURCE, ServiceProcess, encode, event, opened, wait_fo
 pytestmark = pytest.mark.slow
 
 CODES = {c.value for c in Code}
-CASE_STAGE = {"event_id_conflict", "unknown_case", "case_exists", "unknown_target", "version_conflict"}
+CASE_STAGE = {
+    "event_id_conflict",
+    "unknown_case",
+    "case_exists",
+    "unknown_target",
+    "version_conflict",
+}
 BASE_CASE = "fuzz-base"
 
 
@@ -60,7 +66,9 @@ class Intake:
         self.run(self.server.wait_ready())
         self.nc = self.run(nats.connect(self.server.url, pending_size=256 * 1024 * 1024))
         self.run(ensure_streams(self.nc.jetstream(), Settings(nats_url=self.server.url)))
-        self.recorder = ServiceProcess("recorder", ["--nats", self.server.url], tmp / "recorder.log")
+        self.recorder = ServiceProcess(
+            "recorder", ["--nats", self.server.url], tmp / "recorder.log"
+        )
         self.recorder.start()
         self.run(wait_for_recorder(self.nc))
         self.ids = itertools.count()
@@ -109,7 +117,9 @@ class Intake:
                 except Rejected as exc:
                     expected = exc
             if expected is not None:
-                assert (result["status"], result["code"]) == ("rejected", expected.code.value), raw[:300]
+                assert (result["status"], result["code"]) == ("rejected", expected.code.value), raw[
+                    :300
+                ]
             else:  # valid on its own: only the case rules may refuse it
                 assert result["status"] in ("accepted", "duplicate") or result["code"] in CASE_STAGE
             if result["status"] == "rejected":
@@ -134,7 +144,9 @@ class Intake:
     async def _assert_streams(self, publisher: str) -> None:
         assert self.nc is not None
         expected = self.rejected.get(publisher, [])
-        state = await stream_state(self.nc, subjects.REJECTS_STREAM, f"{subjects.REJECTS_PREFIX}.*.{publisher}")
+        state = await stream_state(
+            self.nc, subjects.REJECTS_STREAM, f"{subjects.REJECTS_PREFIX}.*.{publisher}"
+        )
         assert sum((state.subjects or {}).values()) == len(expected)
         stored: list[tuple[str, bytes]] = []
         if expected:
@@ -189,12 +201,10 @@ def batch(parts: list[bytes]) -> bytes:
 # --- property-based: batches of generated inputs, good and bad mixed ------------------
 
 json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers()
-    | st.floats()
-    | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 OPENED_FIELDS = {
@@ -239,13 +249,25 @@ def hostile(draw: st.DrawFn) -> tuple[str, Any, str | None]:
         name = draw(st.sampled_from(sorted(WRONG_TYPES)))
         return kind, {"__set__": (name, draw(json_values.filter(WRONG_TYPES[name])))}, "schema"
     if kind == "missing":
-        return kind, {"__drop__": draw(st.sampled_from(["type", "sources", "person", "jurisdiction", "occurred_on"]))}, None
+        return (
+            kind,
+            {
+                "__drop__": draw(
+                    st.sampled_from(["type", "sources", "person", "jurisdiction", "occurred_on"])
+                )
+            },
+            None,
+        )
     if kind == "any":
         value = draw(json_values)
         return kind, value, None if isinstance(value, dict) else "malformed"
     if kind == "huge_number":
         digits = draw(st.integers(20, 3000))
-        text = draw(st.sampled_from([f"1{'0' * digits}", f"-{'9' * digits}", f"1e{digits}", f"0.{'1' * digits}"]))
+        text = draw(
+            st.sampled_from(
+                [f"1{'0' * digits}", f"-{'9' * digits}", f"1e{digits}", f"0.{'1' * digits}"]
+            )
+        )
         return kind, ("expected_version", text), None
     if kind == "huge_string":
         return kind, {"__set__": ("note", "ж" * draw(st.integers(4_001, 20_000)))}, "schema"
@@ -255,7 +277,19 @@ def hostile(draw: st.DrawFn) -> tuple[str, Any, str | None]:
         bad = draw(st.text(max_size=90).filter(lambda s: not _CASE_ID.fullmatch(s.strip())))
         return kind, {"__set__": ("case_id", bad)}, "bad_id"
     if kind == "bad_date":
-        text = draw(st.sampled_from(["2022-02-30", "2022-13-01", "22-03-16", "2022/03/16", "yesterday", "2022-3-16", "1899"]))
+        text = draw(
+            st.sampled_from(
+                [
+                    "2022-02-30",
+                    "2022-13-01",
+                    "22-03-16",
+                    "2022/03/16",
+                    "yesterday",
+                    "2022-3-16",
+                    "1899",
+                ]
+            )
+        )
         return kind, {"__set__": ("occurred_on", text)}, "bad_date"
     if kind == "future":
         return kind, {"__set__": ("occurred_on", "2099-01-01")}, "bad_date"
@@ -355,7 +389,9 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         elif op == 6:
             b[i:i] = deep(rng.choice([100, 1_000, 20_000])).encode()
         elif op == 7:
-            b[i:i] = rng.choice([b"1" * 400, b"1e999", b"-0", b"NaN", b"Infinity", b'"\\ud800"', b"null"])
+            b[i:i] = rng.choice(
+                [b"1" * 400, b"1e999", b"-0", b"NaN", b"Infinity", b'"\\ud800"', b"null"]
+            )
         elif op == 8:
             j = rng.randrange(len(b))
             b[i:i] = b[min(i, j) : max(i, j)][:2000]  # a repeated slice

@@ -32,7 +32,9 @@ def test_deep_nesting_is_malformed_not_a_crash(raw: bytes) -> None:
 def test_a_batch_too_deep_for_the_decoder_is_still_split_into_its_events() -> None:
     good = b'{"type": "detained", "event_id": "a,]}", "case_id": "c"}'
     deep = b'{"note": ' + DEEP + b', "type": "detained"}'
-    submission = split_submission(b' {"events" : [ ' + good + b", " + deep + b",\n" + good + b" ] } ")
+    submission = split_submission(
+        b' {"events" : [ ' + good + b", " + deep + b",\n" + good + b" ] } "
+    )
     assert submission.batch and submission.refused is None
     assert [bytes(e) for e in submission.events] == [good, deep, good]
     for broken in (
@@ -48,8 +50,10 @@ def test_a_batch_too_deep_for_the_decoder_is_still_split_into_its_events() -> No
 async def test_recorder_refuses_deep_nesting_and_records_the_good_events_beside_it(
     nc, recorder
 ) -> None:
-    good = b'{"type":"case_opened","event_id":"deep-ok","case_id":"ru-2022-deep","occurred_on":"2022",' \
+    good = (
+        b'{"type":"case_opened","event_id":"deep-ok","case_id":"ru-2022-deep","occurred_on":"2022",'
         b'"sources":[{"publisher":"OVD-Info"}],"person":{"name":"A"},"jurisdiction":"RU"}'
+    )
     deep_event = b'{"note": ' + DEEP + b', "type": "detained"}'
     for body, statuses in (
         (deep_event, ["rejected"]),
@@ -59,5 +63,7 @@ async def test_recorder_refuses_deep_nesting_and_records_the_good_events_beside_
         results = msgspec.json.decode(reply.data)["results"]
         assert [r["status"] for r in results] == statuses
         assert results[0]["code"] == "malformed"
-    kept = await nc.jetstream().get_last_msg(subjects.REJECTS_STREAM, subjects.rejects("malformed", "ovd"))
+    kept = await nc.jetstream().get_last_msg(
+        subjects.REJECTS_STREAM, subjects.rejects("malformed", "ovd")
+    )
     assert kept.data == deep_event and kept.headers["Casetrail-Code"] == "malformed"
