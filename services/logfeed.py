@@ -121,7 +121,7 @@ class ChildFeed:
         self._conn = parent
         self._process = context.Process(
             target=_child_main,
-            args=(self.settings.nats_url, self.start_seq, self.window, child),
+            args=(self.settings, self.start_seq, self.window, child),
             name="casetrail-projector-log",
             daemon=True,
         )
@@ -156,11 +156,11 @@ class ChildFeed:
             yield batch
 
 
-def _child_main(nats_url: str, start_seq: int, window: int, conn: Any) -> None:
+def _child_main(settings: Settings, start_seq: int, window: int, conn: Any) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the projector's to handle
     try:
-        asyncio.run(_child(Settings.from_env(nats_url=nats_url), start_seq, window, conn, os.getppid()))
+        asyncio.run(_child(settings, start_seq, window, conn, os.getppid()))
     except HandOnFailed:
         pass  # the projector closed the pipe: it is stopping or gone
 

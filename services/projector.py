@@ -37,7 +37,6 @@ from services import subjects
 from services.connection import connect
 from services.logfeed import ChildFeed, InlineFeed
 from services.queries import (
-    MAX_WAIT_S,
     NAMES,
     QUEUE,
     CasesRequest,
@@ -186,7 +185,7 @@ class Projector:
 
     async def _ask(self, name: str, body: bytes) -> bytes:
         request = decode_request(name, body)
-        if request.min_seq is not None and not await self.wait_for(request.min_seq, MAX_WAIT_S):
+        if request.min_seq is not None and not await self.wait_for(request.min_seq, request.wait_bound()):
             raise QueryError(
                 "not_caught_up",
                 f"the projection has applied seq {self.position}, not yet {request.min_seq}; "

@@ -2,8 +2,8 @@
 
 Requests are JSON objects (unknown fields are errors); every answer carries
 `as_of_seq`, the last log position the projection had applied. A request may
-carry `min_seq`: the projector then waits (at most `MAX_WAIT_S`) until it has
-applied that position, so a client reads its own writes.
+carry `min_seq`: the projector then waits (at most `MAX_WAIT_S`, or the request's
+shorter `wait_s`) until it has applied that position, so a client reads its own writes.
 
 | name | request | answer |
 |---|---|---|
@@ -39,6 +39,10 @@ MAX_WAIT_S = 10.0
 
 class _Request(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     min_seq: int | None = None
+    wait_s: float | None = None  # how long min_seq may wait; at most MAX_WAIT_S
+
+    def wait_bound(self) -> float:
+        return MAX_WAIT_S if self.wait_s is None else max(0.0, min(self.wait_s, MAX_WAIT_S))
 
 
 class _AsOf(_Request, kw_only=True):
