@@ -442,6 +442,16 @@ async def _up(system, demo: bool) -> None:
                 f"{counts['duplicate']} already recorded, {counts['rejected']} rejected",
                 highlight=False,
             )
+            if any(s.name == "projector" for s in system.services):
+                from services.up import wait_for_projection
+
+                # Loaded means queryable: wait until the projector has applied it.
+                await wait_for_projection(system.settings, max(r.seq or 0 for r in results))
+                err.print(
+                    f"demo: in the projection; try: casetrail query status ru-2022-klokov "
+                    f"--nats {system.server.url}",
+                    highlight=False,
+                )
         err.print(
             f"casetrail is up: NATS {system.server.url}. Try: casetrail log stats "
             f"--nats {system.server.url}. Ctrl-C stops it.",

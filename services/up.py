@@ -94,6 +94,25 @@ async def wait_for_recorder(settings: Settings, timeout: float = 120.0) -> None:
         await nc.close()
 
 
+async def wait_for_projection(settings: Settings, seq: int = 0, timeout: float = 120.0) -> int:
+    """Until a projector answers, having applied `seq`; returns the position it answered at."""
+    from services.queries import QueryClient, QueryError
+
+    nc = await connect(settings, "casetrail-up-probe", error_cb=quiet)
+    try:
+        queries = QueryClient(nc, timeout=5)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return (await queries.stats(min_seq=seq or None, wait_s=2))["as_of_seq"]
+            except QueryError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no projector answered with log seq {seq} applied") from None
+                await asyncio.sleep(0.2)
+    finally:
+        await nc.close()
+
+
 class System:
     """The embedded server and the services of `casetrail up`."""
 
@@ -103,7 +122,7 @@ class System:
         *,
         port: int = 4222,
         http_port: int = 8080,
-        services: tuple[str, ...] = ("recorder",),
+        services: tuple[str, ...] = ("recorder", "projector"),
         sync_interval: str = "always",
         on_event: Callable[[str], None] = lambda message: None,
         auth: bool = False,
@@ -168,6 +187,9 @@ class System:
             self.say(f"{service.name} started (log: {service.log_path})")
         if any(s.name == "recorder" for s in self.services):
             await wait_for_recorder(self.settings)
+        if any(s.name == "projector" for s in self.services):
+            position = await wait_for_projection(self.settings)
+            self.say(f"projector answering (log seq {position} applied)")
 
     async def supervise(self, stop: asyncio.Event) -> None:
         """Restart services that die, until `stop` is set."""

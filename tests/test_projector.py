@@ -252,3 +252,36 @@ async def test_a_projection_rebuilt_from_the_log_equals_the_live_one(
     await rebuilt.stats(min_seq=last)
     await asyncio.to_thread(rebuilt.process.stop)  # type: ignore[attr-defined]
     assert _tables(tmp_path / "live.duckdb") == _tables(tmp_path / "rebuilt.duckdb")
+
+
+async def test_up_demo_answers_the_sample_case_status(tmp_path) -> None:
+    from services.natsserver import free_port
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "services", "up", "--data", str(tmp_path / "data"), "--port", str(port),
+        "--http-port", str(free_port()), "--demo", cwd=ROOT,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        seen = b""
+        async with asyncio.timeout(120):
+            while b"casetrail is up" not in seen:
+                line = await proc.stderr.readline()  # type: ignore[union-attr]
+                assert line, seen.decode()
+                seen += line
+        # `up` reports the demo loaded only once the projector has applied it: no waiting here.
+        assert b"in the projection" in seen
+        url = f"nats://127.0.0.1:{port}"
+        shown = await asyncio.to_thread(
+            subprocess.run,
+            [sys.executable, "-m", "services", "query", "status", CASE, "--json", "--nats", url],
+            capture_output=True, text=True, cwd=ROOT, timeout=60,
+        )
+        status = json.loads(shown.stdout)
+        assert status["custody"] == "in_custody"
+        assert status["charges"] == ["RU-CC 207.3(2)(a,b,e)"]
+        assert status["recognized_by"] == ["Memorial"]
+    finally:
+        proc.send_signal(2)
+        await asyncio.wait_for(proc.wait(), 60)
