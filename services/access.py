@@ -39,6 +39,7 @@ _LOG, _REJECTS = subjects.LOG_STREAM, subjects.REJECTS_STREAM
 # Reading the log: stream info, direct gets, ordered (ephemeral) and durable consumers.
 READ_LOG = [
     "$JS.API.INFO",
+    "$JS.API.STREAM.NAMES",  # nats-py finds a consumer's stream by its subject
     f"$JS.API.STREAM.INFO.{_LOG}",
     f"$JS.API.STREAM.MSG.GET.{_LOG}",
     f"$JS.API.DIRECT.GET.{_LOG}",

@@ -24,9 +24,11 @@ from services.client import Publisher
 from services.connection import auth_options, connect
 from services.log import read_log, stream_state
 from services.natsserver import NatsServer, free_port
+from services.queries import QueryClient
 from services.recorder import RecorderService
 from services.settings import Settings
 from services.streams import ensure_streams
+from tests.faults import wait_for_projection
 from tests.helpers import ROOT, encode, event, opened
 from tests.test_cli import casetrail
 
@@ -308,3 +310,48 @@ async def test_up_with_auth_and_tls_wires_every_service_and_command(tmp_path: Pa
     finally:
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 60)
+
+
+async def test_the_projector_role_follows_the_log_and_answers_reporters_only(
+    secured, recorder, spawn, sample_lines, tmp_path
+) -> None:
+    """The projector runs as `projector`; a reporter's and an operator's queries are answered."""
+    projector_env = {"CASETRAIL_CREDENTIALS": str(secured.store.path("projector"))}
+    spawn(
+        "projector",
+        "--db",
+        str(tmp_path / "p.duckdb"),
+        "--nats",
+        secured.server.url,
+        env=projector_env,
+    )
+    ovd = await secured.connect("publisher-ovd")
+    results = await Publisher(ovd.nc, "ovd").submit_many(sample_lines)
+    last = max(r.seq for r in results)  # type: ignore[type-var]
+    for identity in ("reporter", "operator"):
+        asker = await secured.connect(identity)
+        stats = await wait_for_projection(asker.nc, last)
+        assert stats["cases"] == 1
+        answer = await QueryClient(asker.nc).sql("SELECT count(*) FROM timeline")
+        assert answer["rows"] == [[5]]
+        assert asker.errors == []
+    # A publisher is not among those the projector answers: it may not even ask.
+    with pytest.raises((NatsTimeout, NoRespondersError)):
+        await ovd.nc.request(subjects.query("stats"), b"{}", timeout=0.3)
+    assert any("casetrail.query.stats" in v.lower() for v in await ovd.violations())
+
+
+async def test_a_recorder_restarting_on_a_long_log_reads_it_with_its_role(
+    secured, recorder
+) -> None:
+    """At start a recorder reads the whole log (an ordered consumer): its role allows that."""
+    ovd = await secured.connect("publisher-ovd")
+    events = [opened(f"ru-2022-long-{i:03d}") for i in range(400)]
+    results = await Publisher(ovd.nc, "ovd").submit_many(events)
+    assert {r.status for r in results} == {"accepted"}
+    second = RecorderService(secured.settings("recorder"))
+    await second.start()
+    try:
+        assert len(second.recorder.index.ids) == 400  # type: ignore[union-attr]
+    finally:
+        await second.stop()
