@@ -35,6 +35,7 @@ from projections.store import ProjectionStore
 from schemas.dates import utc_today
 from services import subjects
 from services.connection import connect
+from services.log import stream_state
 from services.logfeed import ChildFeed, InlineFeed
 from services.queries import (
     NAMES,
@@ -94,9 +95,22 @@ class Projector:
         self.position = self.store.position
         log.info("projection %s at seq %d (%d cases)", self.db_path, self.position, len(self.store.seqs))
         self.nc = await connect(self.settings, "casetrail-projector")
+        await self._check_log()
         for name in NAMES:
             await self.nc.subscribe(subjects.query(name), queue=QUEUE, cb=self._on_query)
         self._follow_task = asyncio.create_task(self._follow(), name="projector-follow")
+
+    async def _check_log(self) -> None:
+        """A projection ahead of the log was built from another log: refuse to mix them."""
+        try:
+            head = (await stream_state(self.nc)).last_seq
+        except LookupError:
+            return  # no log yet: it will be created, and read from its start
+        if self.position > head:
+            raise RuntimeError(
+                f"{self.db_path} has applied the log up to seq {self.position}, but the log "
+                f"ends at seq {head}: it was built from another log; move it aside to rebuild"
+            )
 
     def _open(self) -> ProjectionStore:
         store = ProjectionStore(self.db_path, memory_limit=self.memory_limit)
@@ -278,8 +292,8 @@ async def serve(settings: Settings, db_path: str | Path, *, memory_limit: str = 
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await projector.start()
     try:
+        await projector.start()
         await stop.wait()
     finally:
         await projector.stop()
