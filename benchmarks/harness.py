@@ -1,0 +1,282 @@
+"""`python -m benchmarks`: every figure next to its ceiling and a peer, in one run.
+
+    python -m benchmarks [--events N] [--quick] [--json] [--out DIR] [--sync always|2m]
+
+One embedded nats-server (JetStream, `sync_interval: always` as `casetrail up`
+runs it, unless `--sync` says otherwise) serves every measurement; the workload is `benchmarks.workload` (seeded,
+so every run measures the same events). In order:
+
+1. ingest ceilings: nats-py `publish_async` one by one, and atomic batches of 500,
+   of the same payloads into a scratch stream;
+2. ingest: the publisher client through a recorder process, durable acks;
+3. the peer: the `eventsourcing` library with SQLite, per command and batched;
+4. catch-up: a bare ordered consumer over the log (ceiling), then a projector
+   process from an empty projection; the peer's rebuild from its notification log;
+5. query latency (status, timeline, filtered cases) and ack-to-visible latency at a
+   fixed offered rate;
+6. replay of the whole projection (`casetrail replay`) at growing log sizes;
+7. peak RSS of the recorder and the projector.
+
+Results go to standard output and to `benchmarks/results/<date>.json`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import nats
+
+from benchmarks import ingest, peer, projection
+from benchmarks.workload import encoded, generate
+from services.log import stream_state
+from services.natsserver import NatsServer, binary
+from services.queries import QueryClient
+from services.settings import Settings
+from services.streams import ensure_streams
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+class Plan:
+    """How much of each measurement a run does."""
+
+    def __init__(self, events: int, quick: bool, sync: str = "always") -> None:
+        self.events = events
+        self.quick = quick
+        self.sync = sync  # the JetStream sync_interval of the server
+        self.ceiling_events = min(events, 100_000)
+        # The peer's per-command ingest replays each case on every load: keep it bounded.
+        self.peer_events = min(events, 5_000 if quick else 20_000)
+        self.samples = 200 if quick else 1000
+        self.visibility_s = 3.0 if quick else 10.0
+        sizes = (10_000, 30_000, 50_000) if quick else (100_000, 300_000, 1_000_000)
+        self.replay_sizes = [n for n in sizes if n <= events] or [events]
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory_gib = None
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        memory_gib = round(pages / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    server = subprocess.run([binary(), "--version"], capture_output=True, text=True).stdout.strip()
+    import duckdb
+    import msgspec
+
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": memory_gib,
+        "python": platform.python_version(),
+        "nats_server": server,
+        "duckdb": duckdb.__version__,
+        "msgspec": msgspec.__version__,
+        "date": dt.date.today().isoformat(),
+    }
+
+
+async def run(plan: Plan) -> dict[str, Any]:
+    data = Path(tempfile.mkdtemp(prefix="casetrail-bench-"))
+    server = NatsServer(data / "nats", sync_interval=plan.sync).start()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        await server.wait_ready()
+        url = server.url
+        settings = Settings(nats_url=url)
+        nc = await nats.connect(url, pending_size=256 * 1024 * 1024)
+        await ensure_streams(nc.jetstream(), settings)
+
+        say(f"workload: {plan.events:,} events")
+        events = generate(plan.events)
+        payloads = encoded(events)
+        case_ids = sorted({e["case_id"] for e in events})
+
+        n = plan.ceiling_events
+        publish_async = await ingest.ceiling_publish_async(url, events[:n], payloads[:n])
+        say(f"ceiling, publish_async: {publish_async:,.0f} events/s")
+        atomic = await ingest.ceiling_atomic(url, events[:n], payloads[:n])
+        say(f"ceiling, atomic batches of 500: {atomic:,.0f} events/s")
+
+        recorder = projection.service("recorder", url, log_path=data / "recorder.log")
+        processes.append(recorder)
+        await projection.wait_for_recorder(nc)
+        recorded = await ingest.recorder(url, payloads)
+        say(f"recorder: {recorded:,.0f} events/s")
+        last_seq = (await stream_state(nc)).last_seq
+        del payloads
+
+        peer_dir = data / "peer"
+        peer_dir.mkdir()
+        some = events[: plan.peer_events]
+        peer_single = peer.ingest_per_command(some, peer_dir / "per-command.sqlite")
+        say(f"peer (eventsourcing + SQLite), one command per event: {peer_single:,.0f} events/s")
+        peer_batch = peer.ingest_batched(some, peer_dir / "batched.sqlite")
+        say(f"peer, batches of 500: {peer_batch:,.0f} events/s")
+        peer_catchup, _ = peer.catchup(peer_dir / "per-command.sqlite")
+        say(f"peer, status view from the notification log: {peer_catchup:,.0f} events/s")
+        del events, some
+
+        bare = await projection.bare_read_rate(url, last_seq)
+        say(f"ceiling, bare ordered consumer: {bare:,.0f} events/s")
+        db = data / "projection" / "casetrail.duckdb"
+        db.parent.mkdir()
+        projector = projection.service("projector", url, "--db", str(db), log_path=data / "projector.log")
+        processes.append(projector)
+        queries = QueryClient(nc)
+        caught_up = await projection.catch_up(queries, last_seq)
+        say(f"projector catch-up: {caught_up:,.0f} events/s")
+
+        latency = await projection.query_latency(queries, case_ids, plan.samples)
+        say(f"queries (ms): {latency}")
+        visible = await projection.visibility(nc, queries, 1000, plan.visibility_s)
+        say(f"ack to visible at 1,000 events/s (ms): {visible}")
+        rss = {
+            "recorder": projection.peak_rss_mb(recorder.pid),
+            "projector": projection.peak_rss_mb(projector.pid),
+        }
+        await nc.close()
+        return {
+            "ingest": {
+                "events_per_s": round(recorded),
+                "ceiling_events_per_s": round(publish_async),
+                "atomic_ceiling_events_per_s": round(atomic),
+                "peer_events_per_s": round(peer_single),
+                "peer_batch_events_per_s": round(peer_batch),
+            },
+            "catchup": {
+                "events_per_s": round(caught_up),
+                "ceiling_events_per_s": round(bare),
+                "peer_events_per_s": round(peer_catchup),
+            },
+            "visibility_ms": visible,
+            "query_ms": {
+                "status_p99": latency["status_p99"],
+                "timeline_p99": latency["timeline_p99"],
+                "cases_p99": latency["cases_p99"],
+            },
+            "rss_mb": rss,
+            "machine": machine(),
+            "run": {
+                "events": plan.events,
+                "cases": len(case_ids),
+                "ceiling_events": plan.ceiling_events,
+                "peer_events": plan.peer_events,
+                "quick": plan.quick,
+                "sync_interval": plan.sync,
+                "query_ms_p50": {k: v for k, v in latency.items() if k.endswith("_p50")},
+            },
+        }
+    finally:
+        for process in reversed(processes):
+            projection.stop(process)
+        server.stop()
+        shutil.rmtree(data, ignore_errors=True)
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float]:
+    i, c = r["ingest"], r["catchup"]
+    return {
+        "ingest / publish_async ceiling": i["events_per_s"] / i["ceiling_events_per_s"],
+        "ingest / atomic ceiling": i["events_per_s"] / i["atomic_ceiling_events_per_s"],
+        "ingest / peer per command": i["events_per_s"] / i["peer_events_per_s"],
+        "ingest / peer batched": i["events_per_s"] / i["peer_batch_events_per_s"],
+        "catch-up / ceiling": c["events_per_s"] / c["ceiling_events_per_s"],
+        "catch-up / peer": c["events_per_s"] / c["peer_events_per_s"],
+    }
+
+
+TARGETS = [
+    ("ingest at least 1.0 of the publish_async ceiling", lambda r, q: q["ingest / publish_async ceiling"] >= 1.0),
+    ("ingest at least 0.7 of the atomic ceiling", lambda r, q: q["ingest / atomic ceiling"] >= 0.7),
+    ("ingest 10 times the peer per command", lambda r, q: q["ingest / peer per command"] >= 10),
+    ("catch-up at least 0.5 of its ceiling", lambda r, q: q["catch-up / ceiling"] >= 0.5),
+    ("catch-up above the peer", lambda r, q: q["catch-up / peer"] > 1),
+    ("visibility p99 under 50 ms", lambda r, q: r["visibility_ms"]["p99"] < 50),
+    ("timeline p99 under 10 ms", lambda r, q: r["query_ms"]["timeline_p99"] < 10),
+    ("filtered cases p99 under 50 ms", lambda r, q: r["query_ms"]["cases_p99"] < 50),
+    ("projector under 1 GiB", lambda r, q: r["rss_mb"]["projector"] < 1024),
+]
+
+
+def table(r: dict[str, Any]) -> str:
+    """The Markdown table README.md shows."""
+    i, c, q = r["ingest"], r["catchup"], ratios(r)
+    rows = [
+        ("ingest through the recorder", f"{i['events_per_s']:,} events/s",
+         f"{q['ingest / publish_async ceiling']:.2f} of publish_async ({i['ceiling_events_per_s']:,}/s); "
+         f"{q['ingest / atomic ceiling']:.2f} of atomic batches ({i['atomic_ceiling_events_per_s']:,}/s)",
+         f"{q['ingest / peer per command']:.0f}x per command ({i['peer_events_per_s']:,}/s); "
+         f"{q['ingest / peer batched']:.1f}x batched ({i['peer_batch_events_per_s']:,}/s)"),
+        ("catch-up from empty", f"{c['events_per_s']:,} events/s",
+         f"{q['catch-up / ceiling']:.2f} of a bare ordered consumer ({c['ceiling_events_per_s']:,}/s)",
+         f"{q['catch-up / peer']:.1f}x ({c['peer_events_per_s']:,}/s)"),
+        ("ack to visible at 1,000/s", f"p50 {r['visibility_ms']['p50']} ms, p99 {r['visibility_ms']['p99']} ms", "", ""),
+        ("query p99", f"status {r['query_ms']['status_p99']} ms, timeline {r['query_ms']['timeline_p99']} ms, "
+         f"cases {r['query_ms']['cases_p99']} ms", "", ""),
+        ("peak RSS", f"recorder {r['rss_mb']['recorder']} MB, projector {r['rss_mb']['projector']} MB", "", ""),
+    ]
+    for step in r.get("replay", []):
+        rows.append((f"replay of {step['events']:,} events", f"{step['seconds']} s",
+                     f"{step['events'] / step['seconds']:,.0f} events/s", ""))
+    lines = ["| measure | casetrail | vs ceiling | vs peer (eventsourcing + SQLite) |", "|---|---|---|---|"]
+    lines += [f"| {a} | {b} | {c_} | {d} |" for a, b, c_, d in rows]
+    met = [f"- {'met' if ok(r, q) else 'NOT met'}: {name}" for name, ok in TARGETS]
+    m = r["machine"]
+    head = (f"{r['run']['events']:,} events over {r['run']['cases']:,} cases, JetStream sync_interval "
+            f"{r['run']['sync_interval']}; {m['cores']} cores "
+            f"({m['cpu']}), Python {m['python']}, {m['nats_server']}, DuckDB {m['duckdb']}, {m['date']}.")
+    return "\n".join([head, "", *lines, "", *met])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=None, help="log size (default 1,000,000; 50,000 with --quick)")
+    parser.add_argument("--quick", action="store_true", help="a quick look: small sizes, under two minutes")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where results are written")
+    parser.add_argument(
+        "--sync",
+        default="always",
+        help="JetStream sync_interval: always (as casetrail up runs it) or a duration such as 2m "
+        "(JetStream's default)",
+    )
+    args = parser.parse_args(argv)
+    events = args.events or (50_000 if args.quick else 1_000_000)
+    started = time.perf_counter()
+    result = asyncio.run(run(Plan(events, args.quick, args.sync)))
+    result["run"]["seconds"] = round(time.perf_counter() - started)
+    args.out.mkdir(parents=True, exist_ok=True)
+    name = result["machine"]["date"] + ("-quick" if args.quick else "")
+    if args.sync != "always":
+        name += f"-sync-{args.sync}"
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"{name}.md").write_text(table(result) + "\n")
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(table(result))
