@@ -14,6 +14,11 @@ from services.settings import Settings
 
 log = logging.getLogger("casetrail.nats")
 
+# A server that stops answering (frozen, cut off) is left after PING_INTERVAL_S *
+# MAX_OUTSTANDING_PINGS seconds for another of the cluster; nats-py's default is minutes.
+PING_INTERVAL_S = 5
+MAX_OUTSTANDING_PINGS = 3
+
 
 async def _log_error(exc: Exception) -> None:
     log.warning("nats: %s", exc)
@@ -51,7 +56,11 @@ def broker_options(settings: Settings) -> dict[str, object]:
     """The same servers, credentials and TLS for a FastStream NatsBroker."""
     from faststream.nats.security import NatsNKey, NatsSecurity
 
-    options: dict[str, object] = {"servers": servers(settings)}
+    options: dict[str, object] = {
+        "servers": servers(settings),
+        "ping_interval": PING_INTERVAL_S,
+        "max_outstanding_pings": MAX_OUTSTANDING_PINGS,
+    }
     context = tls_context(settings)
     if settings.credentials:
         options["inbox_prefix"] = auth_options(settings)["inbox_prefix"]
@@ -70,6 +79,8 @@ async def connect(settings: Settings, name: str, **options: object) -> Client:
         reconnect_time_wait=0.25,
         error_cb=_log_error,
         pending_size=64 * 1024 * 1024,
+        ping_interval=PING_INTERVAL_S,
+        max_outstanding_pings=MAX_OUTSTANDING_PINGS,
         **auth_options(settings),
     )
     context = tls_context(settings)

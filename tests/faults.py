@@ -21,7 +21,7 @@ from projections.store import PROJECTIONS, ProjectionStore
 from schemas.intake import SubmitResult
 from schemas.record import Record, decode_record, verify_chain
 from services import subjects
-from services.log import read_log, stream_state
+from services.log import read_log
 from services.natsserver import NatsServer, free_port
 from services.queries import QueryClient, QueryError
 from tests.helpers import event, opened
@@ -205,17 +205,20 @@ class Cluster:
                     return detail["state"]
         return {}
 
-    async def wait_caught_up(self, node: NatsServer, nc: nats.NATS, timeout: float = 120) -> dict:
-        """Until `node`'s replica holds the whole log (the same messages and last seq)."""
+    async def wait_caught_up(
+        self, node: NatsServer, messages: int, last_seq: int, timeout: float = 120
+    ) -> dict:
+        """Until `node`'s own replica holds the log as the others served it."""
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
-            head = await stream_state(nc)
             try:
                 local = await self.local_state(node)
             except OSError:
                 local = {}
-            if local.get("messages") == head.messages and local.get("last_seq") == head.last_seq:
+            if local.get("messages") == messages and local.get("last_seq") == last_seq:
                 return local
             if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"{node.name} holds {local}, the log {head}")
+                raise TimeoutError(
+                    f"{node.name} holds {local}, not {messages} messages up to {last_seq}"
+                )
             await asyncio.sleep(0.25)
