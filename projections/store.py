@@ -14,6 +14,10 @@ when its fold is not in memory (after a restart). Both paths run the same walk.
 The record seqs of each case are kept in memory too, so that its rows are fetched
 through the `record_seq` index rather than by scanning every stored event.
 
+`apply` is `prepare` (decode, fold, build the rows: Python) then `commit` (the
+DuckDB transaction, which releases the GIL): the projector prepares the next batch
+while the one before commits.
+
 One process writes the file; readers in the same process use `reader()` cursors.
 """
 
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from array import array
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,6 +130,11 @@ class ProjectionStore:
         self.position: int = self.con.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
         self.folds: dict[str, CaseFold] = {}
         self.seqs: dict[str, array] = self._load_seqs()
+        self._prepared = self.position  # the last seq prepared (committed, or about to be)
+        self._committed = threading.Event()  # set while no prepared batch awaits its commit
+        self._committed.set()
+        self._history_cursor = self.con.cursor()
+        self.broken = False
 
     def _create_or_check(self) -> None:
         con = self.con
@@ -157,6 +167,14 @@ class ProjectionStore:
             for case_id, seqs in zip(table.column("case_id").to_pylist(), table.column("seqs").to_pylist())
         }
 
+    def reset(self) -> None:
+        """Forget what memory holds and go on from what is committed (after a failure)."""
+        self.folds.clear()
+        self.seqs = self._load_seqs()
+        self._prepared = self.position
+        self._committed.set()
+        self.broken = False
+
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A cursor for one reader thread: it sees committed batches only (MVCC)."""
         return self.con.cursor()
@@ -171,9 +189,21 @@ class ProjectionStore:
     # -- applying records
 
     def apply(self, batch: Sequence[tuple[int, bytes]]) -> int:
-        """Apply the records after the checkpoint; return the new checkpoint."""
+        """Apply the records after the checkpoint in one transaction; return the new checkpoint."""
+        prepared = self.prepare(batch)
+        return self.position if prepared is None else self.commit(prepared)
+
+    def prepare(self, batch: Sequence[tuple[int, bytes]]) -> Prepared | None:
+        """Fold the new records of a batch into rows, ready for `commit`.
+
+        It may run while the batch prepared before it commits (on another thread):
+        only its reads of stored history wait for that commit. After a failed
+        commit, `reset` first: the folds may hold what was never committed.
+        """
+        if self.broken:
+            raise RuntimeError("a commit failed: reset the store first")
         by_case: dict[str, list[_Item]] = {}
-        last_seq = self.position
+        last_seq = self._prepared
         for seq, data in batch:
             if seq <= last_seq:
                 continue  # delivered again: already applied
@@ -185,10 +215,9 @@ class ProjectionStore:
                 case.append(item)
             last_seq = seq
         if not by_case:
-            return self.position
+            return None
         try:
-            changes = self._fold(by_case)
-            self._write(last_seq, changes)
+            prepared = self._tables(last_seq, self._fold(by_case))
         except BaseException:
             # Folds may hold what was not committed: walk those cases again next time.
             for case_id in by_case:
@@ -199,7 +228,20 @@ class ProjectionStore:
             if seqs is None:
                 seqs = self.seqs[case_id] = array("q")
             seqs.extend([item.record.seq for item in items])
-        self.position = last_seq
+        self._prepared = last_seq
+        self._committed.clear()
+        return prepared
+
+    def commit(self, prepared: Prepared) -> int:
+        """Write a prepared batch and the checkpoint in one transaction; return the checkpoint."""
+        try:
+            self._transaction(prepared)
+        except BaseException:
+            self.broken = True
+            raise
+        finally:
+            self._committed.set()
+        self.position = prepared.last_seq
         return self.position
 
     def _fold(self, by_case: dict[str, list[_Item]]) -> _Changes:
@@ -270,26 +312,28 @@ class ProjectionStore:
                 changes.states.add(seq, version.state.value, version.corrected)
 
     def _history(self, case_ids: list[str]) -> dict[str, list[tuple]]:
-        """The stored rows of some cases, in log order (committed rows only)."""
+        """The stored rows of some cases, in log order, once the batch before is committed."""
+        self._committed.wait()
         wanted = [seq for case_id in case_ids for seq in self.seqs.get(case_id, ())]
         found: dict[str, list[tuple]] = {}
         if not wanted:
             return found
-        self.con.register("_wanted_seqs", pa.table({"seq": pa.array(wanted, pa.int64())}))
+        cur = self._history_cursor
+        cur.register("_wanted_seqs", pa.table({"seq": pa.array(wanted, pa.int64())}))
         try:
-            rows = self.con.execute(
+            rows = cur.execute(
                 "SELECT t.case_id, t.record_seq, t.recorded_at, t.recorded_by, t.event, t.state, "
                 "t.corrected FROM _wanted_seqs w JOIN timeline t ON t.record_seq = w.seq "
                 "ORDER BY t.record_seq"
             ).fetchall()
         finally:
-            self.con.unregister("_wanted_seqs")
+            cur.unregister("_wanted_seqs")
         for row in rows:
             found.setdefault(row[0], []).append(row[1:])
         return found
 
-    def _write(self, last_seq: int, changes: _Changes) -> None:
-        con = self.con
+    def _tables(self, last_seq: int, changes: _Changes) -> Prepared:
+        """The rows a batch writes, as Arrow tables (built from the folds as they are now)."""
         status_rows = case_status.rows()
         charge_rows = charges.rows()
         recognition_rows = recognitions.rows()
@@ -301,23 +345,37 @@ class ProjectionStore:
                 charges.add_rows(charge_rows, fold)
             if case_id in changes.recognitions:
                 recognitions.add_rows(recognition_rows, fold)
+        return Prepared(
+            last_seq=last_seq,
+            timeline=changes.timeline.table(),
+            states=changes.states.table() if len(changes.states) else None,
+            status_cases=list(changes.status),
+            status=status_rows.table(),
+            charge_cases=list(changes.charges),
+            charges=charge_rows.table(),
+            recognition_cases=list(changes.recognitions),
+            recognitions=recognition_rows.table(),
+        )
+
+    def _transaction(self, p: Prepared) -> None:
+        con = self.con
         con.execute("BEGIN TRANSACTION")
         try:
-            self._insert(timeline.NAME, changes.timeline.table())
-            if len(changes.states):
-                con.register("_new_states", changes.states.table())
+            self._insert(timeline.NAME, p.timeline)
+            if p.states is not None:
+                con.register("_new_states", p.states)
                 con.execute(
                     "UPDATE timeline SET state = s.state, corrected = s.corrected "
                     "FROM _new_states s WHERE timeline.record_seq = s.record_seq"
                 )
                 con.unregister("_new_states")
-            self._delete(case_status.NAME, list(changes.status))
-            self._insert(case_status.NAME, status_rows.table())
-            self._delete(charges.NAME, list(changes.charges))
-            self._insert(charges.NAME, charge_rows.table())
-            self._delete(recognitions.NAME, list(changes.recognitions))
-            self._insert(recognitions.NAME, recognition_rows.table())
-            con.execute("UPDATE checkpoint SET last_seq = ?, updated_at = now()", [last_seq])
+            self._delete(case_status.NAME, p.status_cases)
+            self._insert(case_status.NAME, p.status)
+            self._delete(charges.NAME, p.charge_cases)
+            self._insert(charges.NAME, p.charges)
+            self._delete(recognitions.NAME, p.recognition_cases)
+            self._insert(recognitions.NAME, p.recognitions)
+            con.execute("UPDATE checkpoint SET last_seq = ?, updated_at = now()", [p.last_seq])
             con.execute("COMMIT")
         except BaseException:
             try:
@@ -342,6 +400,20 @@ class ProjectionStore:
     def _insert(self, table: str, rows: pa.Table) -> None:
         if rows.num_rows:
             self.con.from_arrow(rows).insert_into(table)
+
+
+class Prepared(msgspec.Struct, kw_only=True):
+    """One batch, folded: the rows it writes and the cases whose rows it replaces."""
+
+    last_seq: int
+    timeline: pa.Table
+    states: pa.Table | None
+    status_cases: list[str]
+    status: pa.Table
+    charge_cases: list[str]
+    charges: pa.Table
+    recognition_cases: list[str]
+    recognitions: pa.Table
 
 
 class _Changes:

@@ -7,8 +7,9 @@ one transaction with the checkpoint (`projections.store`), and answers
 
 The log is read by a child process (`services.logfeed`), which hands raw batches
 over a pipe, so that nats-py's per-message work does not share this process's GIL
-with applying them. Threads here: the event loop answers requests; one writer
-thread owns the store's connection and applies batches; a few reader threads run
+with applying them. Threads here: the event loop answers requests; a fold thread
+prepares each batch (decoding, folding, building rows) while a writer thread
+commits the one before (DuckDB works outside the GIL); a few reader threads run
 queries on their own cursors.
 """
 
@@ -78,6 +79,7 @@ class Projector:
         self.position = 0
         self._readers_wanted = readers
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="projector-writer")
+        self._folder = ThreadPoolExecutor(1, thread_name_prefix="projector-fold")
         self._query_threads = ThreadPoolExecutor(readers, thread_name_prefix="projector-query")
         self._readers: queue.SimpleQueue[Reader] = queue.SimpleQueue()
         self._advanced = asyncio.Event()
@@ -129,6 +131,7 @@ class Projector:
         for task in list(self._answering):
             task.cancel()
         self._query_threads.shutdown(wait=True)
+        self._folder.shutdown(wait=True)  # a batch being folded is dropped: it is read again
         if self.store is not None:
             # The writer thread may still be applying a batch: close after it.
             await asyncio.get_running_loop().run_in_executor(self._writer, self.store.close)
@@ -139,26 +142,42 @@ class Projector:
     async def _follow(self) -> None:
         while True:
             try:
-                async with self._feed(self.settings, self.position + 1) as feed:
-                    async for batch in feed.batches():
-                        await self._apply(batch)
+                await self._pipeline()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("following the log failed at seq %d; starting again", self.position)
+                assert self.store is not None
+                await asyncio.get_running_loop().run_in_executor(self._writer, self.store.reset)
                 await asyncio.sleep(RETRY_S)
 
-    async def _apply(self, batch: list[tuple[int, bytes]]) -> None:
+    async def _pipeline(self) -> None:
+        """Fold batch N+1 (Python) while batch N commits (DuckDB, outside the GIL)."""
         assert self.store is not None
+        store = self.store
         loop = asyncio.get_running_loop()
-        started = time.perf_counter()
-        self.position = await loop.run_in_executor(self._writer, self.store.apply, batch)
-        log.debug(
-            "applied %d records to seq %d in %.1f ms",
-            len(batch),
-            self.position,
-            (time.perf_counter() - started) * 1000,
-        )
+        committing: asyncio.Future[int] | None = None
+        try:
+            async with self._feed(self.settings, self.position + 1) as feed:
+                async for batch in feed.batches():
+                    started = time.perf_counter()
+                    prepared = await loop.run_in_executor(self._folder, store.prepare, batch)
+                    if committing is not None:
+                        await committing
+                        committing = None
+                    if prepared is not None:
+                        committing = loop.run_in_executor(self._writer, store.commit, prepared)
+                        committing.add_done_callback(self._committed)
+                    log.debug("folded %d records in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
+        finally:
+            if committing is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(committing)
+
+    def _committed(self, done: asyncio.Future[int]) -> None:
+        if done.cancelled() or done.exception() is not None:
+            return
+        self.position = done.result()
         advanced, self._advanced = self._advanced, asyncio.Event()
         advanced.set()
 
