@@ -15,7 +15,7 @@ Roles (NATS denies whatever a list does not allow):
 - reporter: ask queries; writes nothing (the HTTP API runs as a reporter).
 - operator: streams (create, inspect), read everything, ask queries; cannot write
   the log or the rejects, nor submit as a publisher other than `operator`.
-Nobody may delete or purge a stream or delete a message from one.
+Nobody may delete, purge or reconfigure a stream or delete a message from one.
 """
 
 from __future__ import annotations
@@ -54,10 +54,12 @@ READ_LOG = [
     f"$JS.FC.{_LOG}.>",
 ]
 # What no one may do to the evidence (the streams also deny purge and message deletes).
+# An update could set limits (max_msgs, max_age, discard old) that drop old records.
 DESTROY = [
     "$JS.API.STREAM.DELETE.>",
     "$JS.API.STREAM.PURGE.>",
     "$JS.API.STREAM.MSG.DELETE.>",
+    "$JS.API.STREAM.UPDATE.>",
 ]
 PROBES = [subjects.intake("probe"), subjects.intake("up-probe")]
 

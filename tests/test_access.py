@@ -182,11 +182,15 @@ async def test_nobody_can_delete_or_purge_a_stream(secured, recorder, identity: 
         f"$JS.API.STREAM.PURGE.{subjects.LOG_STREAM}",
         f"$JS.API.STREAM.MSG.DELETE.{subjects.LOG_STREAM}",
         f"$JS.API.STREAM.DELETE.{subjects.REJECTS_STREAM}",
+        f"$JS.API.STREAM.UPDATE.{subjects.LOG_STREAM}",  # limits that would drop records
     ):
         body = b'{"seq": 1}' if ".MSG." in api else b""
+        if ".UPDATE." in api:
+            body = encode({"name": subjects.LOG_STREAM, "subjects": [subjects.LOG_ALL], "max_msgs": 1,
+                           "discard": "old", "storage": "file", "num_replicas": 1})  # fmt: skip
         with pytest.raises((NatsTimeout, NoRespondersError)):
             await client.nc.request(api, body, timeout=0.3)
-    assert len(await client.violations(4)) == 4
+    assert len(await client.violations(5)) == 5
     op = await secured.connect("operator")
     assert (await stream_state(op.nc)).messages == 1
     assert (await stream_state(op.nc, subjects.REJECTS_STREAM)).messages == 0
