@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import nkeys
 
 from services import subjects
+from services.client import PUBLISHER_NAME
 
 ROLES = ("publisher", "recorder", "projector", "reporter", "operator")
 SERVICE_ROLES = ("recorder", "projector", "reporter", "operator")
@@ -139,9 +139,6 @@ class Identity:
     @property
     def public_key(self) -> str:
         return public_key(self.seed)
-
-
-PUBLISHER_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 
 def auth_conf(identities: list[Identity]) -> str:
