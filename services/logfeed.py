@@ -2,9 +2,9 @@
 
 Reading NATS costs nats-py about as much Python time per message as applying it
 to the projections costs the projector, and both would share one GIL. So the
-projector reads through `ChildFeed`: a child process follows the log with
-`LogReader` and hands raw batches over a pipe, and the projector's process only
-applies them. `InlineFeed` does the same in this process (tests, small setups).
+projector reads through `ChildFeed`: a child process (`python -m services.logfeed`)
+follows the log with `LogReader` and hands raw batches over a pipe, and the
+projector's process only applies them. `InlineFeed` does the same in this process (tests, small setups).
 
 Both read the same way: far behind the head of the log, bounded windows (so what
 is buffered stays bounded, however long the log); near it, they follow it. A
@@ -17,14 +17,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
-import pickle
 import signal
+import struct
+import subprocess
+import sys
 import time
+from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, BinaryIO
+
+import msgspec
 
 from services.connection import connect
 from services.log import LogReader, stream_state
@@ -104,76 +108,121 @@ class InlineFeed:
 
 
 class ChildFeed:
-    """The log read by a child process; batches arrive over a pipe, pickled."""
+    """The log read by a child process (`python -m services.logfeed`), batches over its stdout.
+
+    A frame per batch: count and size (two little-endian u64), the seqs (i64 each),
+    the record lengths (u32 each), then the records end to end: one write and one
+    read per batch, nothing per record but a slice.
+    """
 
     def __init__(self, settings: Settings, start_seq: int, *, window: int = WINDOW) -> None:
         self.settings = settings
         self.start_seq = start_seq
         self.window = window
-        self._process: Any = None
-        self._conn: Any = None
-        # recv blocks outside the GIL; unpickling a batch is one C call.
+        self._process: subprocess.Popen[bytes] | None = None
+        self._pending: asyncio.Future[Batch] | None = None
+        # Reads block outside the GIL.
         self._receiver = ThreadPoolExecutor(1, thread_name_prefix="logfeed-recv")
 
     async def __aenter__(self) -> ChildFeed:
-        context = multiprocessing.get_context("spawn")  # no fork of a threaded process
-        parent, child = context.Pipe(duplex=False)
-        self._conn = parent
-        self._process = context.Process(
-            target=_child_main,
-            args=(self.settings, self.start_seq, self.window, child),
-            name="casetrail-projector-log",
-            daemon=True,
+        env = {**os.environ, SETTINGS_ENV: msgspec.json.encode(self.settings).decode()}
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "services.logfeed", str(self.start_seq), str(self.window)],
+            stdout=subprocess.PIPE,
+            env=env,
         )
-        self._process.start()
-        child.close()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._process is not None:
-            self._process.terminate()
-            await asyncio.get_running_loop().run_in_executor(None, self._process.join, 10)
-            if self._process.is_alive():
-                self._process.kill()
-        if self._conn is not None:
-            self._conn.close()
+        process = self._process
+        if process is not None:
+            process.terminate()
+            try:
+                await asyncio.get_running_loop().run_in_executor(None, process.wait, 10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+            if process.stdout is not None:
+                process.stdout.close()
+        if self._pending is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._pending  # ends with the pipe: nothing left to read
         self._receiver.shutdown(wait=False, cancel_futures=True)
 
     def _receive(self) -> Batch:
-        return pickle.loads(self._conn.recv_bytes())
+        assert self._process is not None and self._process.stdout is not None
+        return read_frame(self._process.stdout)
 
     async def batches(self) -> AsyncIterator[Batch]:
         loop = asyncio.get_running_loop()
-        # One batch is received while the one before is applied.
-        pending = loop.run_in_executor(self._receiver, self._receive)
         while True:
+            # One batch is received while the one before is applied.
+            pending = self._pending or loop.run_in_executor(self._receiver, self._receive)
             try:
                 batch = await pending
-            except (EOFError, OSError):
-                code = self._process.exitcode if self._process is not None else None
+            except (EOFError, OSError, ValueError):
+                self._pending = None
+                code = self._process.poll() if self._process is not None else None
                 raise ConnectionError(f"the log reader process ended (exit code {code})") from None
-            pending = loop.run_in_executor(self._receiver, self._receive)
+            self._pending = loop.run_in_executor(self._receiver, self._receive)
             yield batch
 
 
-def _child_main(settings: Settings, start_seq: int, window: int, conn: Any) -> None:
+SETTINGS_ENV = "CASETRAIL_LOGFEED_SETTINGS"
+_HEADER = struct.Struct("<QQ")
+
+
+def write_frame(out: BinaryIO, batch: Batch) -> None:
+    seqs = array("q", [seq for seq, _ in batch])
+    lengths = array("I", [len(data) for _, data in batch])
+    blob = b"".join(data for _, data in batch)
+    out.write(_HEADER.pack(len(batch), len(blob)) + seqs.tobytes() + lengths.tobytes() + blob)
+    out.flush()
+
+
+def read_frame(source: BinaryIO) -> Batch:
+    def exactly(n: int) -> bytes:
+        data = source.read(n)
+        if len(data) < n:
+            raise EOFError("the log reader's output ended")
+        return data
+
+    count, size = _HEADER.unpack(exactly(_HEADER.size))
+    seqs = array("q")
+    seqs.frombytes(exactly(8 * count))
+    lengths = array("I")
+    lengths.frombytes(exactly(4 * count))
+    blob = exactly(size)
+    batch: Batch = []
+    position = 0
+    for seq, length in zip(seqs, lengths):
+        batch.append((seq, blob[position : position + length]))
+        position += length
+    return batch
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The child: read the log from START (argv) and write frames to stdout until it closes."""
+    start_seq, window = (int(a) for a in (argv or sys.argv[1:])[:2])
+    settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=Settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the projector's to handle
+    out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
+    sys.stdout = sys.stderr  # nothing but frames on the pipe
     try:
-        asyncio.run(_child(settings, start_seq, window, conn, os.getppid()))
+        asyncio.run(_child(settings, start_seq, window, out, os.getppid()))
     except HandOnFailed:
         pass  # the projector closed the pipe: it is stopping or gone
 
 
-async def _child(settings: Settings, start_seq: int, window: int, conn: Any, parent: int) -> None:
+async def _child(settings: Settings, start_seq: int, window: int, out: BinaryIO, parent: int) -> None:
     nc = await connect(settings, "casetrail-projector-log")
     sender = ThreadPoolExecutor(1, thread_name_prefix="logfeed-send")
     loop = asyncio.get_running_loop()
 
     async def hand_on(batch: Batch) -> None:
-        data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
         # Blocks (in the thread) while the projector is busy: that is the back-pressure.
-        await loop.run_in_executor(sender, conn.send_bytes, data)
+        await loop.run_in_executor(sender, write_frame, out, batch)
 
     async def orphaned() -> None:
         # A projector killed with -9 closes no pipe we are not writing to: look.
@@ -192,3 +241,7 @@ async def _child(settings: Settings, start_seq: int, window: int, conn: Any, par
         with contextlib.suppress(Exception):
             await nc.close()
         sender.shutdown(wait=False, cancel_futures=True)
+
+
+if __name__ == "__main__":
+    main()

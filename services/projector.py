@@ -166,7 +166,7 @@ class Projector:
                         await committing
                         committing = None
                     if prepared is not None:
-                        committing = loop.run_in_executor(self._writer, store.commit, prepared)
+                        committing = loop.run_in_executor(self._writer, _timed_commit, store, prepared)
                         committing.add_done_callback(self._committed)
                     log.debug("folded %d records in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
         finally:
@@ -317,3 +317,10 @@ async def serve(settings: Settings, db_path: str | Path, *, memory_limit: str = 
     finally:
         await projector.stop()
         log.info("projector stopped at seq %d", projector.position)
+
+
+def _timed_commit(store, prepared):
+    t = time.perf_counter()
+    r = store.commit(prepared)
+    log.debug("committed %d rows in %.1f ms", prepared.timeline.num_rows, (time.perf_counter() - t) * 1000)
+    return r
