@@ -32,7 +32,7 @@ from nats.aio.msg import Msg
 
 from projections import sql as projection_sql
 from projections.queries import Filters, Reader
-from projections.store import ProjectionStore
+from projections.store import Prepared, ProjectionStore
 from schemas.dates import utc_today
 from services import subjects
 from services.connection import connect
@@ -166,7 +166,7 @@ class Projector:
                         await committing
                         committing = None
                     if prepared is not None:
-                        committing = loop.run_in_executor(self._writer, _timed_commit, store, prepared)
+                        committing = loop.run_in_executor(self._writer, _commit, store, prepared)
                         committing.add_done_callback(self._committed)
                     log.debug("folded %d records in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
         finally:
@@ -235,6 +235,13 @@ class Projector:
             return _READS[name](reader, request, utc_today())
         finally:
             self._readers.put(reader)
+
+
+def _commit(store: ProjectionStore, prepared: Prepared) -> int:
+    started = time.perf_counter()
+    position = store.commit(prepared)
+    log.debug("committed %d records in %.1f ms", prepared.timeline.num_rows, (time.perf_counter() - started) * 1000)
+    return position
 
 
 def _status(reader: Reader, request: StatusRequest, today: dt.date) -> Any:
@@ -317,10 +324,3 @@ async def serve(settings: Settings, db_path: str | Path, *, memory_limit: str = 
     finally:
         await projector.stop()
         log.info("projector stopped at seq %d", projector.position)
-
-
-def _timed_commit(store, prepared):
-    t = time.perf_counter()
-    r = store.commit(prepared)
-    log.debug("committed %d rows in %.1f ms", prepared.timeline.num_rows, (time.perf_counter() - t) * 1000)
-    return r
