@@ -216,8 +216,10 @@ class ProjectionStore:
             last_seq = seq
         if not by_case:
             return None
+        # Cases the store has never seen have no rows to replace: no deletes for them.
+        new_cases = {case_id for case_id in by_case if case_id not in self.seqs}
         try:
-            prepared = self._tables(last_seq, self._fold(by_case))
+            prepared = self._tables(last_seq, self._fold(by_case), new_cases)
         except BaseException:
             # Folds may hold what was not committed: walk those cases again next time.
             for case_id in by_case:
@@ -332,7 +334,7 @@ class ProjectionStore:
             found.setdefault(row[0], []).append(row[1:])
         return found
 
-    def _tables(self, last_seq: int, changes: _Changes) -> Prepared:
+    def _tables(self, last_seq: int, changes: _Changes, new_cases: set[str]) -> Prepared:
         """The rows a batch writes, as Arrow tables (built from the folds as they are now)."""
         status_rows = case_status.rows()
         charge_rows = charges.rows()
@@ -349,11 +351,11 @@ class ProjectionStore:
             last_seq=last_seq,
             timeline=changes.timeline.table(),
             states=changes.states.table() if len(changes.states) else None,
-            status_cases=list(changes.status),
+            status_cases=[c for c in changes.status if c not in new_cases],
             status=status_rows.table(),
-            charge_cases=list(changes.charges),
+            charge_cases=[c for c in changes.charges if c not in new_cases],
             charges=charge_rows.table(),
-            recognition_cases=list(changes.recognitions),
+            recognition_cases=[c for c in changes.recognitions if c not in new_cases],
             recognitions=recognition_rows.table(),
         )
 
@@ -408,7 +410,7 @@ class Prepared(msgspec.Struct, kw_only=True):
     last_seq: int
     timeline: pa.Table
     states: pa.Table | None
-    status_cases: list[str]
+    status_cases: list[str]  # whose stored rows the new ones replace
     status: pa.Table
     charge_cases: list[str]
     charges: pa.Table
