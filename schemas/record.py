@@ -106,65 +106,164 @@ def decode_record(data: bytes, seq: int | None = None) -> Record:
 
 
 class ChainBreak(Struct, frozen=True):
-    """One record that does not verify: where it is and what differs."""
+    """One record that does not verify: where it is and what differs.
+
+    `kind` is one of `edited` (its content no longer matches its hash), `missing`
+    (records of its case are missing before it), `reordered` (it comes after a later
+    record of its case), `broken_link` (its `prev_hash` names no predecessor),
+    `duplicate` (a case_version seen before) or `out_of_order` (a seq not after the
+    one before it).
+    """
 
     seq: int | None
     case_id: str
     case_version: int
     problem: str
+    kind: str = "edited"
+
+
+class _Case:
+    """What the verifier knows of one case: the head of its verified chain, what came early."""
+
+    __slots__ = ("version", "hash", "seq", "ahead", "pending")
+
+    def __init__(self) -> None:
+        self.version = 0
+        self.hash = GENESIS
+        self.seq: int | None = None
+        self.ahead: tuple[int, int | None] | None = None  # the latest version seen early, and its seq
+        # Versions that came before their predecessor: (seq, prev_hash, hash), by case_version.
+        self.pending: dict[int, tuple[int | None, str, str]] = {}
+
+
+def _short(digest: str) -> str:
+    return f"{digest[:16]}…"
 
 
 class ChainVerifier:
-    """Checks records as they come, in log order, case by case.
+    """Checks records as they come, case by case; `finish` reports what only the end shows.
 
-    Each defect is reported once, at the record where it shows: an edited record
-    (its hash no longer matches its content), a missing record (the next one of its
-    case skips a version), records out of order (a seq not after the one before it,
-    or a case_version going back), and a `prev_hash` that names no predecessor.
+    Give it the records in seq order (the log's order). Each defect is reported once,
+    at the record where it shows: an edited record (its hash no longer matches its
+    content), records of a case that come in the wrong order (a swapped pair is one
+    finding, named at the record that comes late), a missing record (its case skips
+    a version; known only at the end, when nothing filled the gap), a `prev_hash`
+    that is not its predecessor's hash, a case_version seen twice, a seq not after
+    the one before it. The chain cannot show the loss of a case's latest records or
+    of a whole case.
     """
 
-    def __init__(self) -> None:
-        self._heads: dict[str, tuple[int, str]] = {}
+    def __init__(self, partial: bool = False) -> None:
+        # partial: the records begin after the log's start (an export --from-seq), so a
+        # case's first record here may have predecessors that are simply not included.
+        self.partial = partial
+        self._cases: dict[str, _Case] = {}
         self._last_seq = 0
         self.records = 0
+        self.gaps: list[tuple[str, int | None, int | None]] = []  # (case, seq before, seq after)
+
+    @property
+    def cases(self) -> int:
+        return len(self._cases)
 
     def check(self, record: Record) -> list[ChainBreak]:
         self.records += 1
         breaks: list[ChainBreak] = []
         case_id = record.event.case_id
+        version = record.case_version
         seq = None if record.seq is UNSET else record.seq
 
-        def flag(problem: str) -> None:
-            breaks.append(ChainBreak(seq, case_id, record.case_version, problem))
+        def flag(kind: str, problem: str) -> None:
+            breaks.append(ChainBreak(seq, case_id, version, problem, kind))
 
         if seq is not None:
             if seq <= self._last_seq:
-                flag(f"out of order: seq {seq} comes after seq {self._last_seq}")
+                flag("out_of_order", f"out of order: seq {seq} comes after seq {self._last_seq}")
             self._last_seq = max(self._last_seq, seq)
 
         expected_hash = record_hash(record)
         if expected_hash != record.hash:
             flag(
-                f"content does not match its hash: stored {record.hash[:16]}…, "
-                f"recomputed {expected_hash[:16]}…"
+                "edited",
+                f"content does not match its hash: stored {_short(record.hash)}, "
+                f"recomputed {_short(expected_hash)}",
             )
 
-        version, head_hash = self._heads.get(case_id, (0, GENESIS))
-        if record.case_version <= version:
-            flag(f"out of order: case_version {record.case_version} after {version}")
-        elif record.case_version > version + 1:
-            missing = record.case_version - version - 1
-            flag(
-                f"{missing} record(s) missing before it: case_version {record.case_version} "
-                f"follows {version}"
+        case = self._cases.get(case_id)
+        if case is None:
+            case = self._cases[case_id] = _Case()
+            if self.partial:
+                case.version, case.hash = version - 1, record.prev_hash
+        if version <= case.version or version in case.pending:
+            flag("duplicate", f"case_version {version} appears again")
+        elif version > case.version + 1:
+            case.pending[version] = (seq, record.prev_hash, record.hash)
+            if case.ahead is None or version > case.ahead[0]:
+                case.ahead = (version, seq)
+        else:
+            if case.ahead is not None and case.ahead[0] > version:
+                later, later_seq = case.ahead
+                flag(
+                    "reordered",
+                    f"reordered: case_version {version} comes after case_version {later}"
+                    + (f" (seq {later_seq})" if later_seq is not None else ""),
+                )
+            breaks += self._link(case, case_id, version, seq, record.prev_hash, record.hash)
+            breaks += self._drain(case, case_id)
+        return breaks
+
+    def _link(
+        self, case: _Case, case_id: str, version: int, seq: int | None, prev_hash: str, digest: str
+    ) -> list[ChainBreak]:
+        """Append the next version to the case's verified chain."""
+        breaks = []
+        if prev_hash != case.hash:
+            before = f"case_version {case.version}" if case.version else "the case's start"
+            breaks.append(
+                ChainBreak(
+                    seq,
+                    case_id,
+                    version,
+                    f"prev_hash {_short(prev_hash)} is not the hash of {before} ({_short(case.hash)})",
+                    "broken_link",
+                )
             )
-        elif record.prev_hash != head_hash:
-            flag(
-                f"prev_hash {record.prev_hash[:16]}… is not the hash of case_version "
-                f"{version} ({head_hash[:16]}…)"
-            )
-        if record.case_version > version:
-            self._heads[case_id] = (record.case_version, record.hash)
+        case.version, case.hash, case.seq = version, digest, seq
+        if case.ahead is not None and case.ahead[0] <= version:
+            case.ahead = None
+        return breaks
+
+    def _drain(self, case: _Case, case_id: str) -> list[ChainBreak]:
+        breaks = []
+        while case.version + 1 in case.pending:
+            version = case.version + 1
+            seq, prev_hash, digest = case.pending.pop(version)
+            breaks += self._link(case, case_id, version, seq, prev_hash, digest)
+        return breaks
+
+    def finish(self) -> list[ChainBreak]:
+        """The gaps nothing filled: records missing before the next one of their case."""
+        breaks = []
+        for case_id, case in self._cases.items():
+            while case.pending:
+                version = min(case.pending)
+                seq, _, digest = case.pending.pop(version)
+                missing = version - case.version - 1
+                self.gaps.append((case_id, case.seq, seq))
+                after = f" (seq {case.seq})" if case.seq is not None else ""
+                breaks.append(
+                    ChainBreak(
+                        seq,
+                        case_id,
+                        version,
+                        f"{missing} record(s) missing before it: case_version {version} follows "
+                        f"{case.version}{after}",
+                        "missing",
+                    )
+                )
+                case.version, case.hash, case.seq = version, digest, seq  # the link cannot be checked
+                breaks += self._drain(case, case_id)
+        breaks.sort(key=lambda b: (b.seq is None, b.seq or 0))
         return breaks
 
 
@@ -172,3 +271,4 @@ def verify_chain(records: Iterable[Record]) -> Iterator[ChainBreak]:
     verifier = ChainVerifier()
     for record in records:
         yield from verifier.check(record)
+    yield from verifier.finish()
