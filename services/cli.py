@@ -115,6 +115,8 @@ async def _connect(nats_url: str, name: str):
 from services.cli_query import query_app  # noqa: E402  (needs the helpers above)
 
 app.add_typer(query_app, name="query")
+# `casetrail log tail|export|verify` (services.cli_log) join `log stats` below.
+import services.cli_log  # noqa: E402,F401
 
 
 # --- ingest ---------------------------------------------------------------------------
@@ -244,7 +246,7 @@ def streams_ensure(nats_url: NatsUrl = DEFAULT_NATS_URL, as_json: AsJson = False
 
 @log_app.command("stats")
 def log_stats(nats_url: NatsUrl = DEFAULT_NATS_URL, as_json: AsJson = False) -> None:
-    """Records, cases, sequence range, events by type, rejections by code."""
+    """Records, cases, sequence range, recording times, events by type and case, rejections by code."""
     from services.logstats import collect_stats
 
     async def go():
@@ -261,10 +263,15 @@ def log_stats(nats_url: NatsUrl = DEFAULT_NATS_URL, as_json: AsJson = False) -> 
         print_json(stats)
         return
     table = Table(show_header=False, box=None)
-    for key in ("records", "cases", "first_seq", "last_seq"):
+    for key in ("records", "cases", "first_seq", "last_seq", "first_recorded_at", "last_recorded_at"):
         table.add_row(key, str(getattr(stats, key)))
     out.print(table)
-    for title, counts in (("by type", stats.by_type), ("rejects by code", stats.rejects_by_code)):
+    busiest = dict(sorted(stats.by_case.items(), key=lambda kv: (-kv[1], kv[0]))[:20])
+    for title, counts in (
+        ("by type", stats.by_type),
+        ("rejects by code", stats.rejects_by_code),
+        (f"records per case (the {len(busiest)} busiest of {len(stats.by_case):,}; --json for all)", busiest),
+    ):
         t = Table("name", "count", title=title)
         for name, count in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])):
             t.add_row(name, str(count))
