@@ -117,6 +117,8 @@ from services.cli_query import query_app  # noqa: E402  (needs the helpers above
 app.add_typer(query_app, name="query")
 # `casetrail log tail|export|verify` (services.cli_log) join `log stats` below.
 import services.cli_log  # noqa: E402,F401
+# `casetrail replay`, `snapshot`, `report summary` (services.cli_ops).
+import services.cli_ops  # noqa: E402,F401
 
 
 # --- ingest ---------------------------------------------------------------------------
@@ -312,12 +314,23 @@ def serve_projector(
     db: Annotated[Path, typer.Option(help="The projection's DuckDB file (only this process opens it).")],
     nats_url: NatsUrl = DEFAULT_NATS_URL,
     memory_limit: Annotated[str, typer.Option(help="DuckDB's memory limit.")] = "384MB",
+    snapshot_every: Annotated[
+        float, typer.Option(help="Take a snapshot every this many seconds when the projection moved (0: only on request).")
+    ] = 0.0,
+    snapshots: Annotated[
+        Path | None, typer.Option(help="Where snapshots go (default: a snapshots folder beside --db).")
+    ] = None,
 ) -> None:
     """Follow the log into DuckDB (status, timelines, charges, recognitions); answer queries."""
     from services.projector import serve
 
     _logging()
-    run(serve(Settings.from_env(nats_url=nats_url), db, memory_limit=memory_limit))
+    run(
+        serve(
+            Settings.from_env(nats_url=nats_url), db, memory_limit=memory_limit,
+            snapshot_every_s=snapshot_every, snapshot_dir=snapshots,
+        )
+    )
 
 
 # --- query ----------------------------------------------------------------------------

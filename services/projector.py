@@ -36,6 +36,7 @@ from projections.store import Prepared, ProjectionStore
 from schemas.dates import utc_today
 from services import subjects
 from services.connection import connect
+from services.health import APPLY
 from services.log import stream_state
 from services.logfeed import ChildFeed, InlineFeed
 from services.queries import (
@@ -70,6 +71,8 @@ class Projector:
         memory_limit: str = "384MB",
         readers: int = READERS,
         reader_process: bool = True,
+        snapshot_every_s: float = 0.0,
+        snapshot_dir: Path | None = None,
     ) -> None:
         self.settings = settings
         # The log is read in a child process by default: see services.logfeed.
@@ -88,11 +91,18 @@ class Projector:
         self._answering: set[asyncio.Task[None]] = set()
         self.store: ProjectionStore | None = None
         self.nc: Any = None
+        # Replays, snapshots and health (services.admin), attached once connected.
+        self.snapshot_every_s, self.snapshot_dir = snapshot_every_s, snapshot_dir
+        self.admin: Any = None
 
     # -- life cycle
 
     async def start(self) -> None:
+        from services.replay import rebuild_if_outdated
+
         loop = asyncio.get_running_loop()
+        # A file of other projection versions is rebuilt beside it, then swapped in.
+        await rebuild_if_outdated(self.settings, self.db_path, memory_limit=self.memory_limit)
         self.store = await loop.run_in_executor(self._writer, self._open)
         self.position = self.store.position
         log.info("projection %s at seq %d (%d cases)", self.db_path, self.position, len(self.store.seqs))
@@ -100,6 +110,10 @@ class Projector:
         await self._check_log()
         for name in NAMES:
             await self.nc.subscribe(subjects.query(name), queue=QUEUE, cb=self._on_query)
+        from services.admin import Admin
+
+        self.admin = Admin(self, snapshot_dir=self.snapshot_dir, snapshot_every_s=self.snapshot_every_s)
+        await self.admin.start()
         self._follow_task = asyncio.create_task(self._follow(), name="projector-follow")
 
     async def _check_log(self) -> None:
@@ -121,6 +135,8 @@ class Projector:
         return store
 
     async def stop(self) -> None:
+        if self.admin is not None:
+            await self.admin.stop()  # a replay's child is stopped; its file stays for the next one
         if self._follow_task is not None:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -192,6 +208,58 @@ class Projector:
                 await asyncio.wait_for(self._advanced.wait(), remaining)
         return True
 
+    # -- swapping the file under a running projector (services.replay)
+
+    async def pause(self) -> None:
+        """Stop following the log once the batch in hand is committed; queries are still answered."""
+        if self._follow_task is not None:
+            self._follow_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._follow_task
+            self._follow_task = None
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._folder, lambda: None)  # a batch being folded is dropped
+        await loop.run_in_executor(self._writer, lambda: None)
+
+    async def resume(self) -> None:
+        """Follow the log again from what the store has committed."""
+        assert self.store is not None
+        await asyncio.get_running_loop().run_in_executor(self._writer, self.store.reset)
+        self.position = self.store.position
+        self._follow_task = asyncio.create_task(self._follow(), name="projector-follow")
+
+    async def swap_file(self, replace_file: Any) -> None:
+        """Close the store, let `replace_file()` put another file at its path, open that.
+
+        Paused first. Queries wait meanwhile (every reader is taken back first), so
+        each answer comes from the old file or from the new one.
+        """
+
+        def swap() -> None:
+            assert self.store is not None
+            for _ in range(self._readers_wanted):
+                self._readers.get()  # queries in flight finish; new ones wait for a reader
+            self.store.close()
+            try:
+                replace_file()
+            finally:
+                self.store = self._open()
+                self.position = self.store.position
+
+        await asyncio.get_running_loop().run_in_executor(self._writer, swap)
+
+    async def with_reader(self, read: Any) -> Any:
+        """`read(reader)` on a query thread (snapshots)."""
+
+        def run() -> Any:
+            reader = self._readers.get()
+            try:
+                return read(reader)
+            finally:
+                self._readers.put(reader)
+
+        return await asyncio.get_running_loop().run_in_executor(self._query_threads, run)
+
     # -- answering queries
 
     async def _on_query(self, msg: Msg) -> None:
@@ -240,6 +308,7 @@ class Projector:
 def _commit(store: ProjectionStore, prepared: Prepared) -> int:
     started = time.perf_counter()
     position = store.commit(prepared)
+    APPLY.observe(prepared.timeline.num_rows, time.perf_counter() - started)  # for /metrics
     log.debug("committed %d records in %.1f ms", prepared.timeline.num_rows, (time.perf_counter() - started) * 1000)
     return position
 
@@ -306,14 +375,31 @@ def _sql(reader: Reader, request: SqlRequest, today: dt.date) -> Any:
         raise QueryError("bad_request", f"`query`: {exc}") from None
 
 
-_READS = {"status": _status, "timeline": _timeline, "cases": _cases, "stats": _stats, "sql": _sql}
+def _report(reader: Reader, request: Any, today: dt.date) -> Any:
+    from projections.report import summary
+
+    if request.known_at is not None:
+        raise QueryError("bad_request", "`known_at`: the report is of a day; give `on` only")
+    return summary(reader.cur, on=request.on_date(), today=today)
 
 
-async def serve(settings: Settings, db_path: str | Path, *, memory_limit: str = "384MB") -> None:
+_READS = {"status": _status, "timeline": _timeline, "cases": _cases, "stats": _stats, "sql": _sql, "report": _report}
+
+
+async def serve(
+    settings: Settings,
+    db_path: str | Path,
+    *,
+    memory_limit: str = "384MB",
+    snapshot_every_s: float = 0.0,
+    snapshot_dir: Path | None = None,
+) -> None:
     """Run until SIGINT or SIGTERM; the batch in hand is committed before it stops."""
     # Young objects pile up within a batch; collect them less often (about 2x faster).
     gc.set_threshold(50_000, 20, 100)
-    projector = Projector(settings, db_path, memory_limit=memory_limit)
+    projector = Projector(
+        settings, db_path, memory_limit=memory_limit, snapshot_every_s=snapshot_every_s, snapshot_dir=snapshot_dir
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -12,6 +12,8 @@ shorter `wait_s`) until it has applied that position, so a client reads its own 
 | `cases` | the filters, `on`, `known_at`, `limit`, `offset` | `{"as_of_seq", "total", "cases": [...]}` |
 | `stats` | | `{"as_of_seq", "cases", "events", "records", "by_custody", ...}` |
 | `sql` | `query` (one read-only SELECT), `limit` | `{"as_of_seq", "columns", "rows", "truncated"}` (`projections.sql`) |
+| `report` | `on` | the summary report (`projections.report`) |
+| `health` | | lag, apply times, rejections (`services.health`) |
 
 A refusal is `{"error": {"code", "message"}, "as_of_seq"}` with code `bad_request`,
 `not_found`, `not_caught_up` (min_seq not reached in time) or `unavailable`.
@@ -32,7 +34,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from schemas.dates import BadDate, parse_full, parse_rfc3339
 from services import subjects
 
-NAMES = ("status", "timeline", "cases", "stats", "sql")
+NAMES = ("status", "timeline", "cases", "stats", "sql", "report")
 QUEUE = "casetrail-projectors"
 MAX_WAIT_S = 10.0
 
@@ -97,12 +99,17 @@ class SqlRequest(_Request, kw_only=True):
     limit: int = 1000
 
 
+class ReportRequest(_AsOf, kw_only=True):
+    """`on` only: the report is of a day (`known_at` is refused)."""
+
+
 REQUESTS: dict[str, type[_Request]] = {
     "status": StatusRequest,
     "timeline": TimelineRequest,
     "cases": CasesRequest,
     "stats": StatsRequest,
     "sql": SqlRequest,
+    "report": ReportRequest,
 }
 
 
@@ -140,9 +147,16 @@ class QueryClient:
         self.timeout = timeout
 
     async def ask(self, name: str, **fields: Any) -> Any:
+        return await self._request(subjects.query(name), fields)
+
+    async def admin(self, name: str, **fields: Any) -> Any:
+        """An operator request to the projector (`casetrail.admin.<name>`, services.admin)."""
+        return await self._request(subjects.admin(name), fields)
+
+    async def _request(self, subject: str, fields: dict[str, Any]) -> Any:
         body = msgspec.json.encode({k: v for k, v in fields.items() if v is not None})
         try:
-            reply = await self.nc.request(subjects.query(name), body, timeout=self.timeout)
+            reply = await self.nc.request(subject, body, timeout=self.timeout)
         except NoRespondersError:
             raise QueryError("unavailable", "no projector answers queries; is it running?") from None
         except NatsTimeout:
@@ -167,3 +181,9 @@ class QueryClient:
 
     async def sql(self, query: str, **options: Any) -> dict:
         return await self.ask("sql", query=query, **options)
+
+    async def report(self, **options: Any) -> dict:
+        return await self.ask("report", **options)
+
+    async def health(self) -> dict:
+        return await self.ask("health")

@@ -7,6 +7,7 @@ INTAKE_PREFIX = "casetrail.intake"
 LOG_PREFIX = "casetrail.log"
 REJECTS_PREFIX = "casetrail.rejects"
 QUERY_PREFIX = "casetrail.query"
+ADMIN_PREFIX = "casetrail.admin"  # operator requests to the projector (services.admin)
 
 INTAKE_ALL = f"{INTAKE_PREFIX}.*"
 LOG_ALL = f"{LOG_PREFIX}.*"
@@ -28,6 +29,10 @@ def rejects(code: str, publisher: str) -> str:
 
 def query(name: str) -> str:
     return f"{QUERY_PREFIX}.{name}"
+
+
+def admin(name: str) -> str:
+    return f"{ADMIN_PREFIX}.{name}"
 
 
 def last_token(subject: str) -> str:
