@@ -11,9 +11,11 @@ Roles (NATS denies whatever a list does not allow):
   records as `recorded_by` is therefore the identity's own.
 - recorder: answer intake (queue group), write `casetrail.log.*` and
   `casetrail.rejects.*.*`, read the log. The only writer of the log.
-- projector: read the log, answer `casetrail.query.*`.
+- projector: read the log (and the size of the rejects), answer `casetrail.query.*`
+  and the operator's `casetrail.admin.*` (replay, snapshots).
 - reporter: ask queries; writes nothing (the HTTP API runs as a reporter).
-- operator: streams (create, inspect), read everything, ask queries; cannot write
+- operator: streams (create, inspect), read everything, ask queries and the
+  projector's `casetrail.admin.*`; cannot write
   the log or the rejects, nor submit as a publisher other than `operator`.
 Nobody may delete, purge or reconfigure a stream or delete a message from one.
 """
@@ -88,8 +90,10 @@ def permissions(role: str, public_key: str, publisher: str | None = None) -> dic
         }
     if role == "projector":
         return {
-            "publish": {"allow": READ_LOG, "deny": DESTROY},
-            "subscribe": {"allow": [f"{subjects.QUERY_PREFIX}.*", inbox]},
+            "publish": {"allow": [*READ_LOG, f"$JS.API.STREAM.INFO.{_REJECTS}"], "deny": DESTROY},
+            "subscribe": {
+                "allow": [f"{subjects.QUERY_PREFIX}.*", f"{subjects.ADMIN_PREFIX}.*", inbox]
+            },
             "allow_responses": True,
         }
     if role == "reporter":
@@ -105,6 +109,7 @@ def permissions(role: str, public_key: str, publisher: str | None = None) -> dic
                     "$JS.ACK.>",
                     "$JS.FC.>",
                     f"{subjects.QUERY_PREFIX}.*",
+                    f"{subjects.ADMIN_PREFIX}.*",
                     subjects.intake("operator"),
                     *PROBES,
                 ],

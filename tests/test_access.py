@@ -345,6 +345,15 @@ async def test_the_projector_role_follows_the_log_and_answers_reporters_only(
         answer = await QueryClient(asker.nc).sql("SELECT count(*) FROM timeline")
         assert answer["rows"] == [[5]]
         assert asker.errors == []
+    # The operator's admin requests and a reporter's health question are answered too.
+    operator, reporter = await secured.connect("operator"), await secured.connect("reporter")
+    status = json.loads(
+        (await operator.nc.request(subjects.admin("replay_status"), b"{}", timeout=10)).data
+    )
+    health = json.loads(
+        (await reporter.nc.request(subjects.query("health"), b"{}", timeout=10)).data
+    )
+    assert isinstance(status, dict) and "error" not in health, (status, health)
     # A publisher is not among those the projector answers: it may not even ask.
     with pytest.raises((NatsTimeout, NoRespondersError)):
         await ovd.nc.request(subjects.query("stats"), b"{}", timeout=0.3)
@@ -365,3 +374,31 @@ async def test_a_recorder_restarting_on_a_long_log_reads_it_with_its_role(
         assert len(second.recorder.index.ids) == 400  # type: ignore[union-attr]
     finally:
         await second.stop()
+
+
+async def test_only_the_operator_sends_the_projector_admin_requests(secured) -> None:
+    """`casetrail.admin.*` (replay, snapshots): the projector answers, only the operator asks."""
+    projector = await secured.connect("projector")
+
+    async def answer(msg) -> None:
+        await msg.respond(b'{"state": "done"}')
+
+    await projector.nc.subscribe(
+        f"{subjects.ADMIN_PREFIX}.*", queue="casetrail-projectors", cb=answer
+    )
+    # Its health answer counts the rejects by code.
+    state = await stream_state(
+        projector.nc, subjects.REJECTS_STREAM, subjects_filter=subjects.REJECTS_ALL
+    )
+    assert state.messages == 0
+    operator = await secured.connect("operator")
+    reply = await operator.nc.request(subjects.admin("replay_status"), b"{}", timeout=5)
+    assert reply.data == b'{"state": "done"}'
+    for identity in ("reporter", "publisher-ovd", "recorder"):
+        other = await secured.connect(identity)
+        with pytest.raises((NatsTimeout, NoRespondersError)):
+            await other.nc.request(subjects.admin("replay"), b"{}", timeout=0.3)
+        assert any("casetrail.admin.replay" in v.lower() for v in await other.violations()), (
+            identity
+        )
+    assert projector.errors == [] and operator.errors == []
