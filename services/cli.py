@@ -473,7 +473,9 @@ async def _up(system, demo: bool) -> None:
                     highlight=False,
                 )
         err.print(
-            f"casetrail is up: NATS {system.server.url}. Try: casetrail log stats "
+            f"casetrail is up: NATS {system.server.url}"
+            + (f", HTTP API {system.api_url}" if any(x.name == "api" for x in system.services) else "")
+            + f". Try: casetrail log stats "
             f"--nats {system.server.url}. Ctrl-C stops it.",
             highlight=False,
         )

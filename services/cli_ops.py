@@ -1,4 +1,4 @@
-"""`casetrail replay`, `casetrail snapshot`, `casetrail report summary`: operators and reporting.
+"""`casetrail replay`, `snapshot`, `report summary`, `serve api`: operators and reporting.
 
 Replays and snapshots are asked of the projector (`casetrail.admin.*`, the operator
 role), which owns its DuckDB file; reports are computed by it (`casetrail.query.report`,
@@ -16,13 +16,42 @@ from typing import Annotated, Any
 
 import typer
 
-from services.cli import EXIT_FAILED, EXIT_OK, AsJson, NatsUrl, _connect, app, err, fail, out, print_json, progress_bar, run
+from services.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    AsJson,
+    NatsUrl,
+    Settings,
+    _connect,
+    _logging,
+    app,
+    err,
+    fail,
+    out,
+    print_json,
+    progress_bar,
+    run,
+    serve_app,
+)
 from services.settings import DEFAULT_NATS_URL
 
 report_app = typer.Typer(help="Reports for publication: tables, CSV, Parquet, HTML with charts.", no_args_is_help=True)
 app.add_typer(report_app, name="report")
 
 RUNNING = ("building", "switching")
+
+
+@serve_app.command("api")
+def serve_api(
+    nats_url: NatsUrl = DEFAULT_NATS_URL,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTP port.")] = 8080,
+) -> None:
+    """The HTTP API over the projector's queries (stateless; OpenAPI at /docs, metrics at /metrics)."""
+    from services.api import serve
+
+    _logging()
+    run(serve(Settings.from_env(nats_url=nats_url), host=host, port=port))
 
 
 @app.command()

@@ -113,6 +113,25 @@ async def wait_for_projection(settings: Settings, seq: int = 0, timeout: float =
         await nc.close()
 
 
+async def wait_for_api(host: str, port: int, timeout: float = 60.0) -> None:
+    """Until the HTTP API answers (any HTTP answer: the API is up, whatever the projector does)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(b"GET /openapi.json HTTP/1.0\r\nHost: casetrail\r\n\r\n")
+            await writer.drain()
+            answered = (await reader.readline()).startswith(b"HTTP/")
+            writer.close()
+            if answered:
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the HTTP API did not answer on {host}:{port}")
+        await asyncio.sleep(0.2)
+
+
 class System:
     """The embedded server and the services of `casetrail up`."""
 
@@ -122,7 +141,7 @@ class System:
         *,
         port: int = 4222,
         http_port: int = 8080,
-        services: tuple[str, ...] = ("recorder", "projector"),
+        services: tuple[str, ...] = ("recorder", "projector", "api"),
         sync_interval: str = "always",
         on_event: Callable[[str], None] = lambda message: None,
         auth: bool = False,
@@ -150,6 +169,10 @@ class System:
         self.say = on_event
         self.services = [self._service(name) for name in services]
 
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
     def credentials_of(self, identity: str) -> str | None:
         """The seed file of an identity (`operator`, `publisher-cli`, ...) under --auth."""
         return str(self.credentials.path(identity)) if self.credentials else None
@@ -162,7 +185,7 @@ class System:
         if name == "projector":
             args += ["--db", str(self.data_dir / "projections" / "casetrail.duckdb")]
         if name == "api":
-            args += ["--port", str(self.http_port)]
+            args += ["--host", "127.0.0.1", "--port", str(self.http_port)]
         env = None
         if self.credentials is not None or self.settings.tls_ca:
             role = {"recorder": "recorder", "projector": "projector"}.get(name, "reporter")
@@ -190,6 +213,9 @@ class System:
         if any(s.name == "projector" for s in self.services):
             position = await wait_for_projection(self.settings)
             self.say(f"projector answering (log seq {position} applied)")
+        if any(s.name == "api" for s in self.services):
+            await wait_for_api("127.0.0.1", self.http_port)
+            self.say(f"HTTP API on {self.api_url} (OpenAPI at {self.api_url}/docs)")
 
     async def supervise(self, stop: asyncio.Event) -> None:
         """Restart services that die, until `stop` is set."""
