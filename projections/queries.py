@@ -96,7 +96,7 @@ class Reader:
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[int]:
         """One read transaction; yields the checkpoint it sees (the answer's `as_of_seq`)."""
-        self.cur.execute("BEGIN TRANSACTION")
+        self.cur.execute("BEGIN TRANSACTION READ ONLY")
         try:
             yield self.cur.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
         finally:

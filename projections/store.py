@@ -175,6 +175,18 @@ class ProjectionStore:
         self._committed.set()
         self.broken = False
 
+    def checkpoint(self) -> bool:
+        """Write what the WAL holds into the file now (it would be, at a commit, later).
+
+        Skipped (False) while another transaction writes; a later commit does it then.
+        """
+        try:
+            self.con.execute("CHECKPOINT")
+        except duckdb.TransactionException as exc:
+            log.debug("checkpoint skipped: %s", exc)
+            return False
+        return True
+
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A cursor for one reader thread: it sees committed batches only (MVCC)."""
         return self.con.cursor()

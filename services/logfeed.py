@@ -38,7 +38,7 @@ log = logging.getLogger("casetrail.logfeed")
 
 Batch = list[tuple[int, bytes]]
 
-WINDOW = 100_000  # records read per window while far behind
+WINDOW = 50_000  # records read per window while far behind (bounds the reader's memory)
 MAX_BATCH = 20_000  # records handed on (and committed) at once
 RETRY_S = 1.0
 

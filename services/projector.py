@@ -55,6 +55,7 @@ from services.settings import Settings
 log = logging.getLogger("casetrail.projector")
 
 READERS = 4
+LIVE_BATCH = 1000  # a batch smaller than this means the projector is at the head of the log
 MAX_CONCURRENT_QUERIES = 64
 RETRY_S = 1.0
 _encoder = msgspec.json.Encoder()
@@ -173,6 +174,7 @@ class Projector:
         store = self.store
         loop = asyncio.get_running_loop()
         committing: asyncio.Future[int] | None = None
+        catching_up = True
         try:
             async with self._feed(self.settings, self.position + 1) as feed:
                 async for batch in feed.batches():
@@ -184,6 +186,16 @@ class Projector:
                     if prepared is not None:
                         committing = loop.run_in_executor(self._writer, _commit, store, prepared)
                         committing.add_done_callback(self._committed)
+                    if len(batch) < LIVE_BATCH and catching_up:
+                        # At the head of the log: write the catch-up's WAL into the file
+                        # now, rather than at some later commit a reader is waiting for.
+                        catching_up = False
+                        if committing is not None:
+                            await committing
+                            committing = None
+                        await loop.run_in_executor(self._writer, store.checkpoint)
+                    elif len(batch) >= LIVE_BATCH:
+                        catching_up = True
                     log.debug("folded %d records in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
         finally:
             if committing is not None:
