@@ -195,7 +195,7 @@ def _months(s: Summary, width: int = 760, height: int = 260) -> str:
     months = s.per_month
     if not months:
         return '<p class="empty" data-chart="per_month">No detentions or sentences.</p>'
-    left, right, top_pad, bottom = 48, 12, 30, 36
+    left, right, top_pad, bottom = 48, 40, 30, 36
     top = max(max(m.detentions, m.sentences) for m in months) or 1
     span = max(1, len(months) - 1)
 
@@ -240,7 +240,7 @@ def _box(s: Summary, width: int = 640, height: int = 90) -> str:
         f'<rect class="mark" x="{x(q1):.1f}" y="{mid - 16}" width="{max(1.0, x(q3) - x(q1)):.1f}" height="32" fill="{PALETTE[2]}" stroke="#30343f">'
         f'<title>middle half: {q1:,.0f} to {q3:,.0f} days</title></rect>'
         f'<line x1="{x(med):.1f}" x2="{x(med):.1f}" y1="{mid - 16}" y2="{mid + 16}" stroke="#30343f" stroke-width="3"/>'
-        f'<text x="{x(med):.1f}" y="{mid + 34}" text-anchor="middle">median {med:,.0f} days</text>'
+        f'<text x="{min(max(x(med), left + 60), width - right - 60):.1f}" y="{mid + 34}" text-anchor="middle">median {med:,.0f} days</text>'
         f'<text x="{left}" y="{mid - 22}">{p.min_days:,}</text>'
         f'<text x="{width - right}" y="{mid - 22}" text-anchor="end">{p.max_days:,} days</text>'
         "</svg>"
