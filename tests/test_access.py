@@ -7,6 +7,7 @@ import json
 import signal
 import stat
 import sys
+import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -248,6 +249,11 @@ async def test_only_the_recorder_writes_the_log(secured, recorder) -> None:
     assert await secured.log_records() == []
 
 
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=15) as response:  # noqa: S310 (loopback)
+        return json.load(response)
+
+
 async def test_up_with_auth_and_tls_wires_every_service_and_command(tmp_path: Path) -> None:
     """`casetrail up --auth --tls-*`: the services and the CLI connect with their roles over TLS."""
     ca = trustme.CA()
@@ -256,11 +262,11 @@ async def test_up_with_auth_and_tls_wires_every_service_and_command(tmp_path: Pa
     ca.cert_pem.write_to_path(str(ca_pem))
     issued.cert_chain_pems[0].write_to_path(str(cert_pem))
     issued.private_key_pem.write_to_path(str(key_pem))
-    data, port = tmp_path / "data", free_port()
+    data, port, http_port = tmp_path / "data", free_port(), free_port()
     url = f"nats://127.0.0.1:{port}"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services", "up", "--data", str(data), "--port", str(port),
-        "--http-port", str(free_port()), "--demo", "--auth", "--publisher", "ovd",
+        "--http-port", str(http_port), "--demo", "--auth", "--publisher", "ovd",
         "--tls-cert", str(cert_pem), "--tls-key", str(key_pem), "--tls-ca", str(ca_pem),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
     )  # fmt: skip
@@ -317,6 +323,9 @@ async def test_up_with_auth_and_tls_wires_every_service_and_command(tmp_path: Pa
         assert code == 0 and json.loads(out)["events"] == 6, err
         code, _, err = await casetrail(*status, env=env("publisher-ovd"))
         assert code == 2 and b"permissions violation" in err
+        # The HTTP API runs as a reporter, over TLS.
+        case = await asyncio.to_thread(get_json, f"http://127.0.0.1:{http_port}/cases/ru-2022-klokov")
+        assert case["events"] == 6
     finally:
         proc.send_signal(signal.SIGINT)
         await asyncio.wait_for(proc.wait(), 60)

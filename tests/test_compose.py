@@ -134,7 +134,7 @@ def resolve(args: list[str]):
 
 def test_every_casetrail_service_runs_a_real_command() -> None:
     apps = {name: s for name, s in SERVICES.items() if name not in NODES}
-    assert {"streams", "recorder-1", "recorder-2", "projector"} <= set(apps)
+    assert {"streams", "recorder-1", "recorder-2", "projector", "api"} <= set(apps)
     for name, service in apps.items():
         command = resolve(service["command"])
         assert command.callback is not None, name
