@@ -30,6 +30,14 @@ from services.cli import (
 from services.settings import DEFAULT_NATS_URL
 
 
+def check_output(fmt: str, formats: tuple[str, ...], out_path: Path | None) -> None:
+    """`--format` is one of `formats`; Parquet is written to a file only."""
+    if fmt not in formats:
+        raise fail(f"--format must be one of {', '.join(formats)}, not {fmt!r}")
+    if fmt == "parquet" and out_path is None:
+        raise fail("--format parquet needs --out PATH")
+
+
 @log_app.command("tail")
 def log_tail(
     follow: Annotated[bool, typer.Option("-f", "--follow", help="Keep printing new records as they are recorded.")] = False,
@@ -71,10 +79,7 @@ def log_export(
     """Write the log's records (seq, recorded_at, recorded_by, case_version, prev_hash, hash, event)."""
     from services.logtools import FORMATS, export
 
-    if fmt not in FORMATS:
-        raise fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if fmt == "parquet" and out_path is None:
-        raise fail("--format parquet needs --out PATH")
+    check_output(fmt, FORMATS, out_path)
     if from_seq < 1 or (to_seq is not None and to_seq < from_seq):
         raise fail("--from-seq must be at least 1 and --to-seq not below it")
 

@@ -9,13 +9,16 @@ Exit codes: 0 done, 1 a replay failed or was cancelled, 2 usage or connection er
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+from collections.abc import AsyncIterator
 import sys
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from services.cli_log import check_output
 from services.cli import (
     EXIT_FAILED,
     EXIT_OK,
@@ -39,6 +42,20 @@ report_app = typer.Typer(help="Reports for publication: tables, CSV, Parquet, HT
 app.add_typer(report_app, name="report")
 
 RUNNING = ("building", "switching")
+
+
+@contextlib.asynccontextmanager
+async def asking(nats_url: str, name: str, timeout: float = 15.0) -> AsyncIterator[Any]:
+    """A QueryClient for one command; a refusal ends it (exit 2) with its code and message."""
+    from services.queries import QueryClient, QueryError
+
+    nc = await _connect(nats_url, name)
+    try:
+        yield QueryClient(nc, timeout=timeout)
+    except QueryError as exc:
+        raise fail(f"{exc.code}: {exc.message}") from None
+    finally:
+        await nc.close()
 
 
 @serve_app.command("api")
@@ -71,14 +88,11 @@ def replay(
     The live projector answers throughout. Ctrl-C cancels: the live file is untouched,
     and the next replay goes on from where this one stopped.
     """
-    from services.queries import QueryClient, QueryError
 
     async def go() -> dict[str, Any]:
-        nc = await _connect(nats_url, "casetrail-replay")
         cancel = asyncio.Event()
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, cancel.set)
-        try:
-            client = QueryClient(nc)
+        async with asking(nats_url, "casetrail-replay") as client:
             status = await client.admin("replay", projection=projection, to_seq=to_seq)
             with progress_bar(status["target"] or None, "replaying") as bar:
                 task = bar.add_task(status["state"], total=status["target"] or None, rate="")
@@ -96,10 +110,6 @@ def replay(
                     status = await client.admin("replay_status")
                 bar.update(task, completed=status["position"], description=status["state"])
             return status
-        except QueryError as exc:
-            raise fail(f"{exc.code}: {exc.message}") from None
-        finally:
-            await nc.close()
 
     status = run(go())
     if as_json:
@@ -120,16 +130,10 @@ def replay(
 @app.command()
 def snapshot(nats_url: NatsUrl = DEFAULT_NATS_URL, as_json: AsJson = False) -> None:
     """Ask the projector for a snapshot now: DuckDB and Parquet copies of its tables at one seq."""
-    from services.queries import QueryClient, QueryError
 
     async def go() -> dict[str, Any]:
-        nc = await _connect(nats_url, "casetrail-snapshot")
-        try:
-            return await QueryClient(nc, timeout=120).admin("snapshot")
-        except QueryError as exc:
-            raise fail(f"{exc.code}: {exc.message}") from None
-        finally:
-            await nc.close()
+        async with asking(nats_url, "casetrail-snapshot", timeout=120) as client:
+            return await client.admin("snapshot")
 
     manifest = run(go())
     if as_json:
@@ -157,10 +161,7 @@ def report_summary(
     from schemas.dates import BadDate, parse_full
     from services import reports
 
-    if fmt not in FORMATS:
-        raise fail(f"--format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    if fmt == "parquet" and out_path is None:
-        raise fail("--format parquet needs --out PATH")
+    check_output(fmt, FORMATS, out_path)
     try:
         day = parse_full(on) if on else None
     except BadDate as exc:
@@ -185,13 +186,7 @@ def report_summary(
 
 
 async def _ask_report(nats_url: str, on: str | None) -> Any:
-    from services.queries import QueryClient, QueryError
     from services.reports import decode
 
-    nc = await _connect(nats_url, "casetrail-report")
-    try:
-        return decode(await QueryClient(nc, timeout=300).report(on=on))
-    except QueryError as exc:
-        raise fail(f"{exc.code}: {exc.message}") from None
-    finally:
-        await nc.close()
+    async with asking(nats_url, "casetrail-report", timeout=300) as client:
+        return decode(await client.report(on=on))

@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +13,7 @@ from pathlib import Path
 from services.client import Publisher
 from services.natsserver import free_port
 from services.queries import QueryClient, QueryError
-from tests.helpers import ROOT, event, opened
+from tests.helpers import event, opened
 from tests.test_projector import CASE, start_projector
 
 
@@ -150,25 +149,3 @@ async def test_healthz_fails_when_the_projector_is_stuck_or_gone(nats_server, nc
     assert status == 503 and body["error"]["code"] == "unavailable"
     status, _, text = await asyncio.to_thread(get, f"{base}/metrics")
     assert status == 200 and b"casetrail_projector_up 0.0" in text
-
-
-async def test_up_runs_the_api_and_prints_its_address(tmp_path) -> None:
-    port, http_port = free_port(), free_port()
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "services", "up", "--data", str(tmp_path / "data"), "--port", str(port),
-        "--http-port", str(http_port), "--demo", cwd=ROOT,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        seen = b""
-        async with asyncio.timeout(120):
-            while b"casetrail is up" not in seen:
-                line = await proc.stderr.readline()  # type: ignore[union-attr]
-                assert line, seen.decode()
-                seen += line
-        assert f"HTTP API http://127.0.0.1:{http_port}".encode() in seen
-        status, case = await get_json(f"http://127.0.0.1:{http_port}/cases/{CASE}")
-        assert status == 200 and case["recognized_by"] == ["Memorial"]
-    finally:
-        proc.send_signal(signal.SIGINT)
-        await asyncio.wait_for(proc.wait(), 60)

@@ -257,10 +257,10 @@ async def test_a_projection_rebuilt_from_the_log_equals_the_live_one(
 async def test_up_demo_answers_the_sample_case_status(tmp_path) -> None:
     from services.natsserver import free_port
 
-    port = free_port()
+    port, http_port = free_port(), free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "services", "up", "--data", str(tmp_path / "data"), "--port", str(port),
-        "--http-port", str(free_port()), "--demo", cwd=ROOT,
+        "--http-port", str(http_port), "--demo", cwd=ROOT,
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     try:
@@ -282,6 +282,12 @@ async def test_up_demo_answers_the_sample_case_status(tmp_path) -> None:
         assert status["custody"] == "in_custody"
         assert status["charges"] == ["RU-CC 207.3(2)(a,b,e)"]
         assert status["recognized_by"] == ["Memorial"]
+        # The HTTP API runs too, at the address `up` printed.
+        assert f"HTTP API http://127.0.0.1:{http_port}".encode() in seen
+        from tests.test_api import get_json
+
+        answered, case = await get_json(f"http://127.0.0.1:{http_port}/cases/{CASE}")
+        assert answered == 200 and case == {**status, "as_of_seq": case["as_of_seq"]}
     finally:
         proc.send_signal(2)
         await asyncio.wait_for(proc.wait(), 60)

@@ -20,19 +20,17 @@ from projections.store import ProjectionStore, versions_wanted
 from services import replay
 from services.client import Publisher
 from services.log import read_log
-from services.queries import QueryClient, QueryError
+from services.queries import QueryError
 from services.settings import Settings
 from tests.helpers import ROOT, event
 from tests.test_projector import start_projector
-
-TABLES = ("case_status", "timeline", "charges", "recognitions")
-
+from tests.test_projector_crash import tables as projection_tables
 
 def tables(path: Path) -> dict[str, list]:
+    """Every table of the projection file, its checkpoint and the versions it was built with."""
+    found = projection_tables(path)
     con = duckdb.connect(str(path), read_only=True)
     try:
-        found = {name: con.execute(f"SELECT * FROM {name} ORDER BY ALL").fetchall() for name in TABLES}
-        found["checkpoint"] = con.execute("SELECT last_seq FROM checkpoint").fetchall()
         found["versions"] = con.execute("SELECT * FROM projection_versions ORDER BY ALL").fetchall()
         return found
     finally:
