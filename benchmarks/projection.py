@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import statistics
@@ -275,6 +276,7 @@ async def run(events: int = 1_000_000, data_dir: Path | None = None, rate: float
     # Generated before any connection: a long pure-Python step would starve its pings.
     workload = generate(events)
     case_ids = sorted({e["case_id"] for e in workload})
+    load_before = os.getloadavg()[0]
     server.start()
     try:
         await server.wait_ready()
@@ -302,6 +304,8 @@ async def run(events: int = 1_000_000, data_dir: Path | None = None, rate: float
         rss = peak_rss_mb(projector.pid)
         await nc.close()
         return {
+            # Other work on the machine moves every figure: the load before and after.
+            "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
             "events": last_seq,
             "cases": len(case_ids),
             "catch_up_events_per_s": round(rate_catch_up),
@@ -335,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     q = figures["query_ms"]
     v = figures["visibility_ms"]
-    print(f"events {figures['events']:,} over {figures['cases']:,} cases")
+    print(f"events {figures['events']:,} over {figures['cases']:,} cases "
+          f"(load average {figures['load_average'][0]} before, {figures['load_average'][1]} after)")
     print(f"catch-up {figures['catch_up_events_per_s']:,}/s; bare ordered consumer "
           f"{figures['bare_events_per_s']:,}/s (ratio {figures['catch_up_ratio']})")
     print(f"ack to visible at {figures['visibility_rate']:.0f}/s: p50 {v['p50']} ms, p99 {v['p99']} ms")
