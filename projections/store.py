@@ -131,8 +131,8 @@ class ProjectionStore:
         self.folds: dict[str, CaseFold] = {}
         self.seqs: dict[str, array] = self._load_seqs()
         self._prepared = self.position  # the last seq prepared (committed, or about to be)
-        self._committed = threading.Event()  # set while no prepared batch awaits its commit
-        self._committed.set()
+        self._committed = threading.Condition()  # notified when `position` moves (or breaks)
+        self._history_after = self.position  # history reads wait until this is committed
         self._history_cursor = self.con.cursor()
         self.broken = False
 
@@ -171,8 +171,7 @@ class ProjectionStore:
         """Forget what memory holds and go on from what is committed (after a failure)."""
         self.folds.clear()
         self.seqs = self._load_seqs()
-        self._prepared = self.position
-        self._committed.set()
+        self._prepared = self._history_after = self.position
         self.broken = False
 
     def checkpoint(self) -> bool:
@@ -228,6 +227,8 @@ class ProjectionStore:
             last_seq = seq
         if not by_case:
             return None
+        # Its history reads must see every batch prepared before it, once committed.
+        self._history_after = self._prepared
         # Cases the store has never seen have no rows to replace: no deletes for them.
         new_cases = {case_id for case_id in by_case if case_id not in self.seqs}
         try:
@@ -243,7 +244,6 @@ class ProjectionStore:
                 seqs = self.seqs[case_id] = array("q")
             seqs.extend([item.record.seq for item in items])
         self._prepared = last_seq
-        self._committed.clear()
         return prepared
 
     def commit(self, prepared: Prepared) -> int:
@@ -251,11 +251,13 @@ class ProjectionStore:
         try:
             self._transaction(prepared)
         except BaseException:
-            self.broken = True
+            with self._committed:
+                self.broken = True
+                self._committed.notify_all()
             raise
-        finally:
-            self._committed.set()
-        self.position = prepared.last_seq
+        with self._committed:
+            self.position = prepared.last_seq
+            self._committed.notify_all()
         return self.position
 
     def _fold(self, by_case: dict[str, list[_Item]]) -> _Changes:
@@ -326,8 +328,12 @@ class ProjectionStore:
                 changes.states.add(seq, version.state.value, version.corrected)
 
     def _history(self, case_ids: list[str]) -> dict[str, list[tuple]]:
-        """The stored rows of some cases, in log order, once the batch before is committed."""
-        self._committed.wait()
+        """The stored rows of some cases, in log order, once the batches before are committed."""
+        with self._committed:
+            while self.position < self._history_after:
+                if self.broken:
+                    raise RuntimeError("the commit of the batch before failed")
+                self._committed.wait()
         wanted = [seq for case_id in case_ids for seq in self.seqs.get(case_id, ())]
         found: dict[str, list[tuple]] = {}
         if not wanted:

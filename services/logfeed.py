@@ -48,9 +48,13 @@ class HandOnFailed(Exception):
 
 
 async def follow(
-    nc: Any, start_seq: int, hand_on: Callable[[Batch], Awaitable[None]], *, window: int = WINDOW
+    nc: Any, start_seq: int, hand_on: Callable[[Batch, bool], Awaitable[None]], *, window: int = WINDOW
 ) -> None:
-    """Read the log from `start_seq` for ever, handing each batch on before reading further."""
+    """Read the log from `start_seq` for ever, handing each batch on before reading further.
+
+    `hand_on(batch, at_head)`: at_head is True once the reader follows the head of
+    the log rather than catching up with it.
+    """
     position = start_seq - 1
     js = nc.jetstream()
     while True:
@@ -62,7 +66,7 @@ async def follow(
             async with LogReader(js, start, stop) as reader:
                 async for batch in reader.batches(max_batch=MAX_BATCH):
                     try:
-                        await hand_on(batch)
+                        await hand_on(batch, stop is None)
                     except Exception as exc:
                         raise HandOnFailed(str(exc)) from exc
                     position = batch[-1][0]
@@ -85,13 +89,17 @@ class InlineFeed:
         self.settings = settings
         self.start_seq = start_seq
         self.window = window
-        self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=1)
+        self._queue: asyncio.Queue[tuple[Batch, bool]] = asyncio.Queue(maxsize=1)
         self._task: asyncio.Task[None] | None = None
         self._nc: Any = None
+        self.at_head = False  # whether the last batch came from following the head
 
     async def __aenter__(self) -> InlineFeed:
         self._nc = await connect(self.settings, "casetrail-projector-log")
-        self._task = asyncio.create_task(follow(self._nc, self.start_seq, self._queue.put, window=self.window))
+        async def hand_on(batch: Batch, at_head: bool) -> None:
+            await self._queue.put((batch, at_head))
+
+        self._task = asyncio.create_task(follow(self._nc, self.start_seq, hand_on, window=self.window))
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -104,13 +112,14 @@ class InlineFeed:
 
     async def batches(self) -> AsyncIterator[Batch]:
         while True:
-            yield await self._queue.get()
+            batch, self.at_head = await self._queue.get()
+            yield batch
 
 
 class ChildFeed:
     """The log read by a child process (`python -m services.logfeed`), batches over its stdout.
 
-    A frame per batch: count and size (two little-endian u64), the seqs (i64 each),
+    A frame per batch: count, size and at_head (little-endian u64s), the seqs (i64 each),
     the record lengths (u32 each), then the records end to end: one write and one
     read per batch, nothing per record but a slice.
     """
@@ -120,7 +129,8 @@ class ChildFeed:
         self.start_seq = start_seq
         self.window = window
         self._process: subprocess.Popen[bytes] | None = None
-        self._pending: asyncio.Future[Batch] | None = None
+        self._pending: asyncio.Future[tuple[Batch, bool]] | None = None
+        self.at_head = False  # whether the last batch came from following the head
         # Reads block outside the GIL.
         self._receiver = ThreadPoolExecutor(1, thread_name_prefix="logfeed-recv")
 
@@ -149,7 +159,7 @@ class ChildFeed:
                 await self._pending  # ends with the pipe: nothing left to read
         self._receiver.shutdown(wait=False, cancel_futures=True)
 
-    def _receive(self) -> Batch:
+    def _receive(self) -> tuple[Batch, bool]:
         assert self._process is not None and self._process.stdout is not None
         return read_frame(self._process.stdout)
 
@@ -159,7 +169,7 @@ class ChildFeed:
             # One batch is received while the one before is applied.
             pending = self._pending or loop.run_in_executor(self._receiver, self._receive)
             try:
-                batch = await pending
+                batch, self.at_head = await pending
             except (EOFError, OSError, ValueError):
                 self._pending = None
                 code = self._process.poll() if self._process is not None else None
@@ -169,25 +179,25 @@ class ChildFeed:
 
 
 SETTINGS_ENV = "CASETRAIL_LOGFEED_SETTINGS"
-_HEADER = struct.Struct("<QQ")
+_HEADER = struct.Struct("<QQQ")  # records, bytes, at_head
 
 
-def write_frame(out: BinaryIO, batch: Batch) -> None:
+def write_frame(out: BinaryIO, batch: Batch, at_head: bool = False) -> None:
     seqs = array("q", [seq for seq, _ in batch])
     lengths = array("I", [len(data) for _, data in batch])
     blob = b"".join(data for _, data in batch)
-    out.write(_HEADER.pack(len(batch), len(blob)) + seqs.tobytes() + lengths.tobytes() + blob)
+    out.write(_HEADER.pack(len(batch), len(blob), at_head) + seqs.tobytes() + lengths.tobytes() + blob)
     out.flush()
 
 
-def read_frame(source: BinaryIO) -> Batch:
+def read_frame(source: BinaryIO) -> tuple[Batch, bool]:
     def exactly(n: int) -> bytes:
         data = source.read(n)
         if len(data) < n:
             raise EOFError("the log reader's output ended")
         return data
 
-    count, size = _HEADER.unpack(exactly(_HEADER.size))
+    count, size, at_head = _HEADER.unpack(exactly(_HEADER.size))
     seqs = array("q")
     seqs.frombytes(exactly(8 * count))
     lengths = array("I")
@@ -198,7 +208,7 @@ def read_frame(source: BinaryIO) -> Batch:
     for seq, length in zip(seqs, lengths):
         batch.append((seq, blob[position : position + length]))
         position += length
-    return batch
+    return batch, bool(at_head)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -220,9 +230,9 @@ async def _child(settings: Settings, start_seq: int, window: int, out: BinaryIO,
     sender = ThreadPoolExecutor(1, thread_name_prefix="logfeed-send")
     loop = asyncio.get_running_loop()
 
-    async def hand_on(batch: Batch) -> None:
+    async def hand_on(batch: Batch, at_head: bool) -> None:
         # Blocks (in the thread) while the projector is busy: that is the back-pressure.
-        await loop.run_in_executor(sender, write_frame, out, batch)
+        await loop.run_in_executor(sender, write_frame, out, batch, at_head)
 
     async def orphaned() -> None:
         # A projector killed with -9 closes no pipe we are not writing to: look.

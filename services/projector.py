@@ -55,7 +55,6 @@ from services.settings import Settings
 log = logging.getLogger("casetrail.projector")
 
 READERS = 4
-LIVE_BATCH = 1000  # a batch smaller than this means the projector is at the head of the log
 MAX_CONCURRENT_QUERIES = 64
 RETRY_S = 1.0
 _encoder = msgspec.json.Encoder()
@@ -186,15 +185,15 @@ class Projector:
                     if prepared is not None:
                         committing = loop.run_in_executor(self._writer, _commit, store, prepared)
                         committing.add_done_callback(self._committed)
-                    if len(batch) < LIVE_BATCH and catching_up:
-                        # At the head of the log: write the catch-up's WAL into the file
-                        # now, rather than at some later commit a reader is waiting for.
+                    if feed.at_head and catching_up:
+                        # Caught up: write the catch-up's WAL into the file now, rather
+                        # than at some later commit that readers would wait for.
                         catching_up = False
                         if committing is not None:
                             await committing
                             committing = None
                         await loop.run_in_executor(self._writer, store.checkpoint)
-                    elif len(batch) >= LIVE_BATCH:
+                    elif not feed.at_head:
                         catching_up = True
                     log.debug("folded %d records in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
         finally:

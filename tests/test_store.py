@@ -1,0 +1,125 @@
+"""The projection store's guarantees without NATS: redelivery, pipelining, the checkpoint."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from projections.queries import Reader
+from projections.status import derive_status
+from projections.store import ProjectionStore
+from tests.histories import TODAY, delivered, records
+from tests.helpers import event, opened
+
+CASE = "ru-2024-pipeline"
+
+
+def sample() -> list:
+    recs = records([
+        opened(CASE, occurred_on="2024-01-10"),
+        event("detained", CASE, "d", "2024-01-12"),
+        event("transferred", CASE, "t", "2024-03-01", facility="SIZO-1"),
+        event("released", CASE, "r", "2024-06-01", reason="parole"),
+        # Reported late: the remand happened before the transfer, after the detention.
+        event("remanded", CASE, "late", "2024-01-14", measure="house_arrest"),
+    ])
+    return recs
+
+
+def test_a_record_delivered_twice_changes_nothing(tmp_path) -> None:
+    log = delivered(sample())
+    store = ProjectionStore(tmp_path / "p.duckdb")
+    store.apply(log[:3])
+    cur = store.reader()
+    before = cur.execute("SELECT * FROM case_status").fetchall()
+    assert store.apply(log[:3]) == 3  # the same records again
+    assert cur.execute("SELECT * FROM case_status").fetchall() == before
+    store.apply(log[1:])  # overlapping: only 4 and 5 are new
+    assert cur.execute("SELECT count(*) FROM timeline").fetchall() == [(5,)]
+    assert cur.execute("SELECT last_seq FROM checkpoint").fetchall() == [(5,)]
+    store.close()
+
+
+def test_a_batch_folded_while_the_one_before_commits_walks_what_that_one_holds(tmp_path) -> None:
+    recs = sample()
+    log = delivered(recs)
+    store = ProjectionStore(tmp_path / "p.duckdb")
+    store.apply(log[:2])
+    slow = store._transaction
+
+    def slowly(prepared):  # commits that take long, as they do under load
+        time.sleep(0.2)
+        slow(prepared)
+
+    store._transaction = slowly  # type: ignore[method-assign]
+    writer = ThreadPoolExecutor(1)
+    first = store.prepare(log[2:3])
+    committing = writer.submit(store.commit, first)
+    second = store.prepare(log[3:4])  # in order: folded while the first commits
+    committing.result()
+    committing = writer.submit(store.commit, second)
+    # Out of order: walked again from the stored history, which must include seq 4.
+    third = store.prepare(log[4:5])
+    committing.result()
+    store.commit(third)
+    writer.shutdown()
+    _, status = Reader(store).status(CASE, today=TODAY)
+    expected = derive_status(CASE, recs, on=TODAY)
+    assert status is not None and expected is not None
+    expected.as_of_seq = status.as_of_seq
+    assert status == expected
+    assert (status.custody, status.stage, status.events) == ("at_liberty", "investigation", 5)
+    store.close()
+
+
+def test_a_failed_batch_leaves_the_store_at_its_checkpoint(tmp_path) -> None:
+    log = delivered(sample())
+    path = tmp_path / "p.duckdb"
+    store = ProjectionStore(path)
+    store.apply(log[:2])
+    def fails_before_the_commit(prepared):
+        store.con.execute("BEGIN TRANSACTION")
+        store._insert("timeline", prepared.timeline)  # rows written, then the disk fills
+        store.con.execute("ROLLBACK")
+        raise OSError("disk full")
+
+    store._transaction = fails_before_the_commit  # type: ignore[method-assign]
+    try:
+        store.apply(log[2:])
+    except OSError:
+        pass
+    store.close()
+    reopened = ProjectionStore(path)
+    cur = reopened.reader()
+    assert reopened.position == 2
+    assert cur.execute("SELECT count(*) FROM timeline").fetchall() == [(2,)]
+    assert reopened.apply(log) == 5  # carries on from the checkpoint, nothing twice
+    assert cur.execute("SELECT count(*) FROM timeline").fetchall() == [(5,)]
+    reopened.close()
+
+
+def test_readers_see_whole_batches_only(tmp_path) -> None:
+    recs = sample()
+    log = delivered(recs)
+    store = ProjectionStore(tmp_path / "p.duckdb")
+    reader = Reader(store)
+    seen: list[tuple[int, int]] = []
+    done = threading.Event()
+
+    def read() -> None:
+        while not done.is_set():
+            as_of_seq, status = reader.status(CASE, today=TODAY)
+            seen.append((as_of_seq, status.events if status else 0))
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    for n in range(1, len(log) + 1):
+        store.apply(log[n - 1 : n])
+        time.sleep(0.01)
+    done.set()
+    thread.join()
+    # Every answer's count of events is what the log held at its as_of_seq.
+    assert all(events == as_of_seq for as_of_seq, events in seen)
+    assert seen and max(a for a, _ in seen) == 5
+    store.close()
