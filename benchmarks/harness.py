@@ -40,6 +40,7 @@ import nats
 
 from benchmarks import ingest, peer, projection
 from benchmarks.workload import encoded, generate
+from services import replay
 from services.log import stream_state
 from services.natsserver import NatsServer, binary
 from services.queries import QueryClient
@@ -155,10 +156,17 @@ async def run(plan: Plan) -> dict[str, Any]:
         say(f"queries (ms): {latency}")
         visible = await projection.visibility(nc, queries, 1000, plan.visibility_s)
         say(f"ack to visible at 1,000 events/s (ms): {visible}")
+        # Peaks of each service with its child processes (the projector's log reader).
         rss = {
-            "recorder": projection.peak_rss_mb(recorder.pid),
-            "projector": projection.peak_rss_mb(projector.pid),
+            "recorder": projection.peak_rss_mb(recorder.pid)["total"],
+            "projector": projection.peak_rss_mb(projector.pid)["total"],
         }
+        replays = []
+        for size in plan.replay_sizes:
+            built = await replay.build(settings, data / f"replay-{size}.duckdb", to_seq=min(size, last_seq))
+            replays.append({"events": built.applied, "seconds": round(built.seconds, 2)})
+            say(f"replay of {built.applied:,} events: {built.seconds:.1f} s ({built.events_per_s:,.0f}/s)")
+            replay.remove_database(Path(built.path))
         await nc.close()
         return {
             "ingest": {
@@ -173,6 +181,7 @@ async def run(plan: Plan) -> dict[str, Any]:
                 "ceiling_events_per_s": round(bare),
                 "peer_events_per_s": round(peer_catchup),
             },
+            "replay": replays,
             "visibility_ms": visible,
             "query_ms": {
                 "status_p99": latency["status_p99"],
