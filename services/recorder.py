@@ -88,7 +88,12 @@ class RecorderService:
     async def start(self) -> None:
         # The recorder reads the log before the intake subscription starts.
         nc = await connect(self.settings, "casetrail-recorder-log")
-        self.recorder = Recorder(nc, nc.jetstream(timeout=self.settings.request_timeout_s))
+        self.recorder = Recorder(
+            nc,
+            nc.jetstream(timeout=self.settings.request_timeout_s),
+            # How long an append waits for JetStream's ack before re-reading the log.
+            publish_timeout=self.settings.request_timeout_s,
+        )
         await self.recorder.start()
         await self.broker.start()
         # FastStream subscribes in the background: wait until intake answers.

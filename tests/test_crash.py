@@ -152,7 +152,8 @@ async def test_kill_9_the_nats_server_at_ten_random_points(
 ) -> None:
     nc = await client(nats_server, "casetrail-test")
     url = ("--nats", nats_server.url)
-    spawn("recorder", *url)
+    # An append whose ack died with the server is retried after this (10 s by default).
+    spawn("recorder", *url, env={"CASETRAIL_REQUEST_TIMEOUT": "2"})
     db = tmp_path / "projection.duckdb"
     projector = spawn("projector", "--db", str(db), *url)
     await wait_for_recorder(nc)
