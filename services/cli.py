@@ -313,7 +313,7 @@ def serve_recorder(nats_url: NatsUrl = DEFAULT_NATS_URL) -> None:
 def serve_projector(
     db: Annotated[Path, typer.Option(help="The projection's DuckDB file (only this process opens it).")],
     nats_url: NatsUrl = DEFAULT_NATS_URL,
-    memory_limit: Annotated[str, typer.Option(help="DuckDB's memory limit.")] = "384MB",
+    memory_limit: Annotated[str, typer.Option(help="DuckDB's memory limit.")] = "320MB",
     snapshot_every: Annotated[
         float, typer.Option(help="Take a snapshot every this many seconds when the projection moved (0: only on request).")
     ] = 0.0,

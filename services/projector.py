@@ -68,7 +68,7 @@ class Projector:
         settings: Settings,
         db_path: str | Path,
         *,
-        memory_limit: str = "384MB",
+        memory_limit: str = "320MB",
         readers: int = READERS,
         reader_process: bool = True,
         snapshot_every_s: float = 0.0,
@@ -401,7 +401,7 @@ async def serve(
     settings: Settings,
     db_path: str | Path,
     *,
-    memory_limit: str = "384MB",
+    memory_limit: str = "320MB",
     snapshot_every_s: float = 0.0,
     snapshot_dir: Path | None = None,
 ) -> None:
