@@ -12,7 +12,6 @@ import asyncio
 import logging
 
 import msgspec
-from fast_depends.msgspec import MsgSpecSerializer
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
 from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
@@ -43,8 +42,16 @@ def unavailable(message: str) -> bytes:
     return msgspec.json.encode(ErrorReply(ServiceError("unavailable", message)))
 
 
-async def _raw_body(message: NatsMessage) -> bytes:  # type: ignore[valid-type]
-    return message.body  # type: ignore[attr-defined]
+class Submission(msgspec.Struct, frozen=True):
+    """What the intake handler is given: the subject's publisher and the raw body."""
+
+    publisher: str
+    body: bytes
+
+
+async def _submission(message: NatsMessage) -> Submission:  # type: ignore[valid-type]
+    raw = message.raw_message  # type: ignore[attr-defined]
+    return Submission(subjects.last_token(raw.subject), raw.data)
 
 
 class RecorderService:
@@ -54,7 +61,9 @@ class RecorderService:
         self.settings = settings
         self.recorder: Recorder | None = None
         self.broker = NatsBroker(
-            serializer=MsgSpecSerializer(),
+            # The handler takes the decoded Submission as it is: no injection, whose
+            # context lookups FastDepends would run in a worker thread per message.
+            apply_types=False,
             max_reconnect_attempts=-1,
             name="casetrail-recorder-intake",
             log_level=logging.DEBUG,  # one line per message is too much at INFO
@@ -63,14 +72,14 @@ class RecorderService:
         self.broker.subscriber(
             subjects.INTAKE_ALL,
             queue=subjects.RECORDER_QUEUE,
-            decoder=_raw_body,
+            decoder=_submission,
             max_workers=CONCURRENCY,
             title="intake",
             description="Submit one event or {'events': [...]}; one result per event.",
         )(self.intake)
 
-    async def intake(self, body: bytes, message: NatsMessage) -> bytes:  # type: ignore[valid-type]
-        publisher = subjects.last_token(message.raw_message.subject)  # type: ignore[attr-defined]
+    async def intake(self, submission: Submission) -> bytes:
+        publisher, body = submission.publisher, submission.body
         assert self.recorder is not None
         try:
             reply = await self.recorder.submit(publisher, body)
