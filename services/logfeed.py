@@ -8,8 +8,12 @@ projector's process only applies them. `InlineFeed` does the same in this proces
 
 Both read the same way: far behind the head of the log, bounded windows (so what
 is buffered stays bounded, however long the log); near it, they follow it. A
-window is only read once the one before has been handed on, and the pipe blocks
-when the projector is busy: the child never holds more than a window.
+window is only read once the one before has been handed on.
+
+Batches are asked for, one at a time, when the projector is ready to fold the
+next (a credit byte on the child's stdin): the reader hands on what has arrived
+by then (up to MAX_BATCH records), so that what arrives while the projector is
+busy gathers into one batch, small at the head of the log and large catching up.
 """
 
 from __future__ import annotations
@@ -48,15 +52,22 @@ class HandOnFailed(Exception):
 
 
 async def follow(
-    nc: Any, start_seq: int, hand_on: Callable[[Batch, bool], Awaitable[None]], *, window: int = WINDOW
+    nc: Any,
+    start_seq: int,
+    hand_on: Callable[[Batch, bool], Awaitable[None]],
+    asked: Callable[[], Awaitable[None]],
+    *,
+    window: int = WINDOW,
 ) -> None:
-    """Read the log from `start_seq` for ever, handing each batch on before reading further.
+    """Read the log from `start_seq` for ever, handing on one batch each time `asked()` returns.
 
-    `hand_on(batch, at_head)`: at_head is True once the reader follows the head of
-    the log rather than catching up with it.
+    The batch is what has arrived by then (up to MAX_BATCH records). `hand_on(batch,
+    at_head)`: at_head is True once the reader follows the head of the log rather
+    than catching up with it.
     """
     position = start_seq - 1
     js = nc.jetstream()
+    owed = False  # asked for a batch not yet handed on (a window ended first)
     while True:
         try:
             head = (await stream_state(nc)).last_seq
@@ -64,11 +75,20 @@ async def follow(
             stop = min(head, start + window - 1) if head - start >= MAX_BATCH else None
             started = time.monotonic()
             async with LogReader(js, start, stop) as reader:
-                async for batch in reader.batches(max_batch=MAX_BATCH):
+                batches = reader.batches(max_batch=MAX_BATCH).__aiter__()
+                while True:
+                    if not owed:
+                        await _asked(asked)
+                        owed = True
+                    try:
+                        batch = await anext(batches)
+                    except StopAsyncIteration:
+                        break
                     try:
                         await hand_on(batch, stop is None)
                     except Exception as exc:
                         raise HandOnFailed(str(exc)) from exc
+                    owed = False
                     position = batch[-1][0]
                     if stop is None and len(batch) >= MAX_BATCH:
                         break  # fallen behind while following: back to bounded windows
@@ -82,6 +102,13 @@ async def follow(
             await asyncio.sleep(RETRY_S)
 
 
+async def _asked(asked: Callable[[], Awaitable[None]]) -> None:
+    try:
+        await asked()
+    except (EOFError, OSError) as exc:
+        raise HandOnFailed(str(exc)) from exc
+
+
 class InlineFeed:
     """The log read in this process."""
 
@@ -89,7 +116,8 @@ class InlineFeed:
         self.settings = settings
         self.start_seq = start_seq
         self.window = window
-        self._queue: asyncio.Queue[tuple[Batch, bool]] = asyncio.Queue(maxsize=1)
+        self._queue: asyncio.Queue[tuple[Batch, bool]] = asyncio.Queue()
+        self._asks: asyncio.Queue[None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._nc: Any = None
         self.at_head = False  # whether the last batch came from following the head
@@ -99,7 +127,9 @@ class InlineFeed:
         async def hand_on(batch: Batch, at_head: bool) -> None:
             await self._queue.put((batch, at_head))
 
-        self._task = asyncio.create_task(follow(self._nc, self.start_seq, hand_on, window=self.window))
+        self._task = asyncio.create_task(
+            follow(self._nc, self.start_seq, hand_on, self._asks.get, window=self.window)
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -112,6 +142,7 @@ class InlineFeed:
 
     async def batches(self) -> AsyncIterator[Batch]:
         while True:
+            self._asks.put_nowait(None)
             batch, self.at_head = await self._queue.get()
             yield batch
 
@@ -119,9 +150,10 @@ class InlineFeed:
 class ChildFeed:
     """The log read by a child process (`python -m services.logfeed`), batches over its stdout.
 
-    A frame per batch: count, size and at_head (little-endian u64s), the seqs (i64 each),
-    the record lengths (u32 each), then the records end to end: one write and one
-    read per batch, nothing per record but a slice.
+    A batch is asked for with one byte on the child's stdin. A frame per batch: count,
+    size and at_head (little-endian u64s), the seqs (i64 each), the record lengths
+    (u32 each), then the records end to end: one write and one read per batch,
+    nothing per record but a slice.
     """
 
     def __init__(self, settings: Settings, start_seq: int, *, window: int = WINDOW) -> None:
@@ -138,6 +170,7 @@ class ChildFeed:
         env = {**os.environ, SETTINGS_ENV: msgspec.json.encode(self.settings).decode()}
         self._process = subprocess.Popen(
             [sys.executable, "-m", "services.logfeed", str(self.start_seq), str(self.window)],
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
         )
@@ -152,33 +185,39 @@ class ChildFeed:
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
-            if process.stdout is not None:
-                process.stdout.close()
+            for pipe in (process.stdin, process.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
         if self._pending is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._pending  # ends with the pipe: nothing left to read
         self._receiver.shutdown(wait=False, cancel_futures=True)
 
     def _receive(self) -> tuple[Batch, bool]:
-        assert self._process is not None and self._process.stdout is not None
+        """Ask for a batch and read it."""
+        assert self._process is not None and self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(ASK)
+        self._process.stdin.flush()
         return read_frame(self._process.stdout)
 
     async def batches(self) -> AsyncIterator[Batch]:
         loop = asyncio.get_running_loop()
         while True:
-            # One batch is received while the one before is applied.
-            pending = self._pending or loop.run_in_executor(self._receiver, self._receive)
+            # Cancelled meanwhile, __aexit__ waits for the read in hand.
+            self._pending = loop.run_in_executor(self._receiver, self._receive)
             try:
-                batch, self.at_head = await pending
+                batch, self.at_head = await self._pending
             except (EOFError, OSError, ValueError):
                 self._pending = None
                 code = self._process.poll() if self._process is not None else None
                 raise ConnectionError(f"the log reader process ended (exit code {code})") from None
-            self._pending = loop.run_in_executor(self._receiver, self._receive)
+            self._pending = None
             yield batch
 
 
 SETTINGS_ENV = "CASETRAIL_LOGFEED_SETTINGS"
+ASK = b"\x01"  # one batch, please
 _HEADER = struct.Struct("<QQQ")  # records, bytes, at_head
 
 
@@ -219,27 +258,37 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the projector's to handle
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     sys.stdout = sys.stderr  # nothing but frames on the pipe
+    asks = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
     try:
-        asyncio.run(_child(settings, start_seq, window, out, os.getppid()))
+        asyncio.run(_child(settings, start_seq, window, out, asks, os.getppid()))
     except HandOnFailed:
         pass  # the projector closed the pipe: it is stopping or gone
 
 
-async def _child(settings: Settings, start_seq: int, window: int, out: BinaryIO, parent: int) -> None:
+async def _child(
+    settings: Settings, start_seq: int, window: int, out: BinaryIO, asks: BinaryIO, parent: int
+) -> None:
     nc = await connect(settings, "casetrail-projector-log")
     sender = ThreadPoolExecutor(1, thread_name_prefix="logfeed-send")
     loop = asyncio.get_running_loop()
 
     async def hand_on(batch: Batch, at_head: bool) -> None:
-        # Blocks (in the thread) while the projector is busy: that is the back-pressure.
         await loop.run_in_executor(sender, write_frame, out, batch, at_head)
+
+    def wait_for_ask() -> None:
+        if not asks.read(1):
+            raise EOFError("the projector closed the pipe")
+
+    async def asked() -> None:
+        # Blocks (in the thread) until the projector asks: that is the back-pressure.
+        await loop.run_in_executor(sender, wait_for_ask)
 
     async def orphaned() -> None:
         # A projector killed with -9 closes no pipe we are not writing to: look.
         while os.getppid() == parent:
             await asyncio.sleep(0.5)
 
-    reading = asyncio.create_task(follow(nc, start_seq, hand_on, window=window))
+    reading = asyncio.create_task(follow(nc, start_seq, hand_on, asked, window=window))
     watching = asyncio.create_task(orphaned())
     try:
         done, _ = await asyncio.wait({reading, watching}, return_when=asyncio.FIRST_COMPLETED)
