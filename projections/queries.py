@@ -23,8 +23,16 @@ from projections.status import CaseFold, CaseStatus, walk
 from projections.store import ProjectionStore
 
 MAX_LIMIT = 1000
+_STATUS_COLUMNS = ", ".join(f"s.{name}" for name in case_status.SCHEMA.names)
 # Cases walked per round trip when a past question covers every case.
 WALK_CHUNK = 2000
+
+
+def _seq_range(seqs: list[int]) -> str:
+    """`record_seq` among `seqs` (integers only: safe to inline); the range first lets
+    DuckDB skip the row groups outside it."""
+    marks = ", ".join(str(int(s)) for s in seqs)
+    return f"record_seq BETWEEN {int(min(seqs))} AND {int(max(seqs))} AND record_seq IN ({marks})"
 
 
 class Filters(msgspec.Struct, kw_only=True):
@@ -112,13 +120,15 @@ class Reader:
         on: dt.date | None = None,
         known_at: dt.datetime | None = None,
     ) -> tuple[int, CaseStatus | None]:
+        if on is None and known_at is None:
+            # One statement is one snapshot: the row and the checkpoint it reflects.
+            as_of_seq, *stored = self.cur.execute(
+                f"SELECT c.last_seq, {_STATUS_COLUMNS} FROM checkpoint c "
+                "LEFT JOIN case_status s ON s.case_id = ?",
+                [case_id],
+            ).fetchall()[0]
+            return as_of_seq, (case_status.from_row(stored, today, as_of_seq) if stored[0] is not None else None)
         with self.snapshot() as as_of_seq:
-            if on is None and known_at is None:
-                rows = self.cur.execute(
-                    f"SELECT {case_status.COLUMNS} FROM case_status WHERE case_id = ?", [case_id]
-                ).fetchall()
-                found = case_status.from_row(rows[0], today, as_of_seq) if rows else None
-                return as_of_seq, found
             fold = self._walk(case_id, self._records(case_id), on or today, known_at)
             return as_of_seq, fold.status(on or today, as_of_seq) if fold.events else None
 
@@ -131,11 +141,9 @@ class Reader:
         history: bool = False,
     ) -> tuple[int, list[timeline.Entry] | None]:
         """The case's effective events in walk order; with `history`, every version in log order."""
-        seqs = self.store.case_seqs(case_id)
+        if on is None and known_at is None:
+            return self._stored_timeline(case_id, history)
         with self.snapshot() as as_of_seq:
-            if on is None and known_at is None:
-                entries = self._stored_timeline(seqs, history)
-                return as_of_seq, entries or None
             all_versions = versions(self._records(case_id), known_at)
             if history:
                 chosen = all_versions
@@ -144,30 +152,50 @@ class Reader:
             entries = [timeline.entry(v, history) for v in chosen]
             return as_of_seq, entries or None
 
-    def _stored_timeline(self, seqs: list[int], history: bool) -> list[timeline.Entry]:
+    def _stored_timeline(self, case_id: str, history: bool) -> tuple[int, list[timeline.Entry] | None]:
+        """The stored rows of a case in one statement, with the checkpoint they reflect."""
+        seqs = self.store.case_seqs(case_id)
         if not seqs:
-            return []
+            # Not even prepared after this checkpoint was read: not in it either.
+            as_of_seq = self.checkpoint()
+            seqs = self.store.case_seqs(case_id)
+            if not seqs:
+                return as_of_seq, None
         # Filtering and sorting a case's few rows here keeps DuckDB on the plain
-        # lookup (a state filter beside the JSON column made it ~15x slower).
-        rows = self._by_seqs(
-            f"SELECT {timeline.HISTORY_COLUMNS}, sort_date FROM timeline WHERE record_seq IN ", seqs
-        )
-        if not history:
+        # lookup (a state filter beside the JSON column made it ~15x slower). Seqs
+        # prepared but not yet committed have no row yet: they are not seen.
+        rows = self.cur.execute(
+            f"SELECT {timeline.HISTORY_COLUMNS}, sort_date, c.last_seq FROM timeline, checkpoint c "
+            f"WHERE {_seq_range(seqs)}"
+        ).fetchall()
+        if not rows:
+            # Its rows are not committed yet: say so at the checkpoint of the same snapshot.
+            with self.snapshot() as as_of_seq:
+                if not self.cur.execute(f"SELECT 1 FROM timeline WHERE {_seq_range(seqs)} LIMIT 1").fetchall():
+                    return as_of_seq, None
+            return self._stored_timeline(case_id, history)  # committed meanwhile: read them
+        as_of_seq = rows[0][13]
+        now = self.store.case_seqs(case_id)
+        if len(now) > len(seqs) and now[len(seqs)] <= as_of_seq:
+            return self._stored_timeline(case_id, history)  # a batch committed meanwhile: read it too
+        if history:
+            rows.sort(key=lambda row: row[9])  # record_seq: log order
+        else:
             rows = [row for row in rows if row[11] == State.EFFECTIVE]
             rows.sort(key=lambda row: (row[12], row[0]))
-        return [timeline.entry_from_row(row, history) for row in rows]
+        return as_of_seq, [timeline.entry_from_row(row, history) for row in rows] or None
 
-    def _by_seqs(self, select: str, seqs: list[int], where: str = "", order: str = "record_seq") -> list:
-        marks = ", ".join(str(int(s)) for s in seqs)  # integers only: safe to inline
-        return self.cur.execute(f"{select}({marks}){where} ORDER BY {order}").fetchall()
+    def checkpoint(self) -> int:
+        return self.cur.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
 
     def _records(self, case_id: str) -> list[timeline.Stored]:
         seqs = self.store.case_seqs(case_id)
         if not seqs:
             return []
-        rows = self._by_seqs(
-            "SELECT record_seq, recorded_at, recorded_by, event FROM timeline WHERE record_seq IN ", seqs
-        )
+        rows = self.cur.execute(
+            "SELECT record_seq, recorded_at, recorded_by, event FROM timeline "
+            f"WHERE {_seq_range(seqs)} ORDER BY record_seq"
+        ).fetchall()
         return [timeline.stored(*row) for row in rows]
 
     @staticmethod
