@@ -55,6 +55,7 @@ from services.settings import Settings
 log = logging.getLogger("casetrail.projector")
 
 READERS = 4
+FREEZE_AFTER = 1000  # records in a batch after which what survives it is frozen (gc.freeze)
 # DuckDB's threads: a projector's statements are small (a batch, a case), and each
 # extra thread costs more in scheduling than it saves (measured: ~30% more CPU per
 # commit with 2 threads on 2 cores, no faster queries).
@@ -185,6 +186,12 @@ class Projector:
                 async for batch in feed.batches():
                     started = time.perf_counter()
                     prepared = await loop.run_in_executor(self._folder, store.prepare, batch)
+                    if len(batch) >= FREEZE_AFTER or (feed.at_head and catching_up):
+                        # What survives a large batch (the folds above all) lives long:
+                        # out of the collector's sight, so that it is not scanned again
+                        # (at 1M events a full collection took 1.8 s). Frozen objects are
+                        # still freed with their last reference; only cycles would stay.
+                        gc.freeze()
                     if committing is not None:
                         await committing
                         committing = None
