@@ -101,10 +101,18 @@ class LogReader:
         self._buffer: list[tuple[int, bytes]] = []
         self._ready = asyncio.Event()
         self._sub: Any = None
+        self._stopping: asyncio.Task[None] | None = None
         self.position = self.start_seq - 1
 
     async def _on_msg(self, msg: Msg) -> None:
-        self._buffer.append((stream_seq(msg.reply), msg.data))
+        seq = stream_seq(msg.reply)
+        if self.stop_seq is not None and seq >= self.stop_seq:
+            if seq > self.stop_seq or self._stopping is not None:
+                return  # beyond the end: delivered before the server saw the unsubscribe
+            # The server pushes on while the reader is read: stop it at the end now,
+            # rather than receive (and throw away) what lies beyond.
+            self._stopping = asyncio.get_running_loop().create_task(self.close())
+        self._buffer.append((seq, msg.data))
         self._ready.set()
 
     async def __aenter__(self) -> LogReader:
@@ -135,8 +143,8 @@ class LogReader:
                 pass
 
     async def batches(self, max_batch: int = 5000) -> AsyncIterator[list[tuple[int, bytes]]]:
-        if self._sub is None:
-            return
+        if self.stop_seq is not None and self.stop_seq < self.start_seq:
+            return  # nothing to read
         while True:
             await self._ready.wait()
             while self._buffer:
