@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import gc
 import json
 import os
 import platform
@@ -116,6 +117,9 @@ async def run(plan: Plan) -> dict[str, Any]:
         events = generate(plan.events)
         payloads = encoded(events)
         case_ids = sorted({e["case_id"] for e in events})
+        # A million workload dicts live through the run: keep the collector from
+        # rescanning them, so that this client is not what the figures measure.
+        gc.freeze()
 
         n = plan.ceiling_events
         publish_async = await ingest.ceiling_publish_async(url, events[:n], payloads[:n])

@@ -7,20 +7,31 @@ per case, SQLite for storage. Measured here, on the same events:
   case aggregate (replaying its stored events), apply the event, save;
 - `ingest_batched`: batches of up to 500 events: each affected aggregate is loaded
   once, all the batch's events applied, all saved in one transaction;
-- `catchup`: rebuilding an equivalent status view (custody and stage per case, by
-  the walk of EVENTS.md in arrival order) from the library's notification log.
+- `catchup`: rebuilding an equivalent status view from the library's notification
+  log: every case's derived status (every key of EVENTS.md, late reports and
+  corrections included) by the same pure derivation casetrail uses
+  (`projections.status`), written to a SQLite table beside the events. casetrail's
+  catch-up builds more (the timeline, charges and recognitions too).
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import msgspec
 from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
+
+from projections.effective import in_force, versions
+from projections.status import walk
+from projections.timeline import Stored
+from schemas.dates import utc_today
+from schemas.events import Event
 
 NAMESPACE = uuid.UUID("4b4c6f6b-6f76-4e00-8000-636173657472")
 
@@ -130,9 +141,9 @@ def ingest_batched(events: list[dict[str, Any]], path: Path, size: int = 500) ->
 
 
 def catchup(path: Path, on_progress: Callable[[int], None] | None = None) -> tuple[float, int]:
-    """Rebuild {case: (custody, stage)} from the notification log; (events/s, events read)."""
+    """Rebuild the status view from the notification log into SQLite; (events/s, events read)."""
     app = _app(path)
-    view: dict[str, tuple[str | None, str | None]] = {}
+    records: dict[str, list[Stored]] = {}
     read = 0
     started = time.perf_counter()
     start = 1
@@ -143,14 +154,31 @@ def catchup(path: Path, on_progress: Callable[[int], None] | None = None) -> tup
         for notification in page:
             domain_event = app.mapper.to_domain_event(notification)
             payload = domain_event.payload  # type: ignore[attr-defined]
-            if payload["type"] == "case_opened":
-                view[payload["case_id"]] = ("at_liberty", "investigation")
-            else:
-                view[payload["case_id"]] = step(*view[payload["case_id"]], payload)
+            records.setdefault(payload["case_id"], []).append(
+                Stored(
+                    seq=notification.id,
+                    recorded_at=domain_event.timestamp.isoformat(),
+                    recorded_by="peer",
+                    event=msgspec.convert(payload, Event),
+                )
+            )
             read += 1
         start = page[-1].id + 1
         if on_progress is not None:
             on_progress(len(page))
+    today = utc_today()
+    encoder = msgspec.json.Encoder()
+    rows = []
+    for case_id, case_records in records.items():
+        fold = walk(case_id, in_force(versions(case_records)))
+        if fold.events:
+            rows.append((case_id, encoder.encode(fold.status(today, read)).decode()))
+    view = sqlite3.connect(path)
+    with view:
+        view.execute("CREATE TABLE IF NOT EXISTS case_status (case_id TEXT PRIMARY KEY, status TEXT NOT NULL)")
+        view.execute("DELETE FROM case_status")
+        view.executemany("INSERT INTO case_status VALUES (?, ?)", rows)
+    view.close()
     elapsed = time.perf_counter() - started
     app.close()
     return read / elapsed, read

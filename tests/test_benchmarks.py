@@ -1,0 +1,92 @@
+"""The benchmark harness's own logic: the workload's shape, and how results are judged.
+
+No timing here: the harness measures and reports (`python -m benchmarks`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+
+from benchmarks.harness import TARGETS, ratios, table
+from benchmarks.workload import encoded, generate
+from schemas.dates import utc_today
+from schemas.validation import decode_event
+
+RESULT = {
+    "ingest": {
+        "events_per_s": 20_000,
+        "ceiling_events_per_s": 2_500,
+        "atomic_ceiling_events_per_s": 25_000,
+        "peer_events_per_s": 1_000,
+        "peer_batch_events_per_s": 4_000,
+    },
+    "catchup": {"events_per_s": 20_000, "ceiling_events_per_s": 36_000, "peer_events_per_s": 30_000},
+    "replay": [{"events": 100_000, "seconds": 5.0}],
+    "visibility_ms": {"p50": 20.0, "p99": 60.0},
+    "query_ms": {"status_p99": 4.0, "timeline_p99": 9.0, "cases_p99": 40.0},
+    "rss_mb": {"recorder": 300.0, "projector": 900.0},
+    "machine": {"cores": 2, "cpu": "test", "python": "3.11", "nats_server": "v2", "duckdb": "1", "date": "2026-12-01"},
+    "run": {"events": 100_000, "cases": 11_000, "sync_interval": "always"},
+}
+
+
+def test_workload_is_deterministic_valid_and_shaped_like_the_record() -> None:
+    events = generate(20_000)
+    assert events == generate(20_000)  # seeded: every run measures the same events
+    assert events != generate(20_000, seed=2)
+    assert len(events) == 20_000
+    today = utc_today()
+    for raw in encoded(events[:2_000]):
+        decode_event(raw, today)  # valid by the vocabulary's own rules (raises if not)
+
+    types = Counter(e["type"] for e in events)
+    amendments = types["event_corrected"] + types["event_retracted"]
+    assert 0.01 <= amendments / len(events) <= 0.04  # about 2%
+    for common in ("case_opened", "detained", "charged", "remanded", "sentenced"):
+        assert types[common] > 0
+
+    per_case = Counter(e["case_id"] for e in events)
+    sizes = sorted(per_case.values())
+    median = sizes[len(sizes) // 2]
+    assert max(sizes) >= 10 * median  # a few busy cases
+
+    # Some events are reported after events of their case that happened later.
+    last_day: dict[str, str] = {}
+    late = 0
+    for event in events:
+        day = event.get("occurred_on")
+        if day is None or event["type"] in ("event_corrected", "event_retracted"):
+            continue
+        case = event["case_id"]
+        if case in last_day and day < last_day[case]:
+            late += 1
+        last_day[case] = max(day, last_day.get(case, day))
+    assert late / len(events) >= 0.01
+
+
+def test_targets_are_judged_on_the_ratios_the_table_shows() -> None:
+    q = ratios(RESULT)
+    assert q["ingest / publish_async ceiling"] == 8.0
+    assert q["catch-up / ceiling"] == 20_000 / 36_000
+    verdicts = {name: ok(RESULT, q) for name, ok in TARGETS}
+    assert verdicts["ingest at least 1.0 of the publish_async ceiling"]
+    assert verdicts["ingest at least 0.7 of the atomic ceiling"]  # 20k / 25k = 0.8
+    assert verdicts["catch-up at least 0.5 of its ceiling"]
+    assert not verdicts["catch-up above the peer"]
+    assert not verdicts["visibility p99 under 50 ms"]
+    assert verdicts["timeline p99 under 10 ms"]
+
+    text = table(RESULT)
+    assert "| catch-up from empty | 20,000 events/s | 0.56 of a bare ordered consumer (36,000/s)" in text
+    assert "- NOT met: visibility p99 under 50 ms" in text
+    assert "- met: projector under 1 GiB" in text
+
+
+def test_a_slower_run_fails_the_targets_it_misses() -> None:
+    slow = copy.deepcopy(RESULT)
+    slow["catchup"]["events_per_s"] = 10_000
+    slow["rss_mb"]["projector"] = 1_500.0
+    text = table(slow)
+    assert "- NOT met: catch-up at least 0.5 of its ceiling" in text
+    assert "- NOT met: projector under 1 GiB" in text
