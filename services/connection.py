@@ -101,4 +101,7 @@ async def close_connection(nc: Client, timeout: float = 5.0) -> None:
     try:
         await asyncio.wait_for(nc.drain(), timeout)
     except Exception:  # timed out, or the connection broke while draining
-        await nc.close()
+        try:
+            await nc.close()
+        except OSError:  # nats-py flushes a dead socket on close: nothing is left to send
+            pass

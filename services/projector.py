@@ -35,7 +35,7 @@ from projections.queries import Filters, Reader
 from projections.store import Prepared, ProjectionStore
 from schemas.dates import utc_today
 from services import subjects
-from services.connection import connect
+from services.connection import close_connection, connect
 from services.health import APPLY
 from services.log import stream_state
 from services.logfeed import ChildFeed, InlineFeed
@@ -148,9 +148,8 @@ class Projector:
             self._follow_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._follow_task
-        if self.nc is not None and not self.nc.is_closed:
-            with contextlib.suppress(Exception):
-                await self.nc.drain()
+        if self.nc is not None:
+            await close_connection(self.nc)  # bounded: the server may be gone
         for task in list(self._answering):
             task.cancel()
         self._query_threads.shutdown(wait=True)

@@ -12,11 +12,14 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import duckdb
+import nats
 import pytest
 
 from services.client import Publisher
@@ -291,3 +294,26 @@ async def test_up_demo_answers_the_sample_case_status(tmp_path) -> None:
     finally:
         proc.send_signal(2)
         await asyncio.wait_for(proc.wait(), 60)
+
+
+async def test_projector_stops_at_once_when_its_server_is_gone(nats_server, streams, spawn, tmp_path) -> None:
+    """SIGTERM with NATS unreachable: no drain to wait for, exit 0 (not a hang, not an error)."""
+    projector = spawn("projector", "--nats", nats_server.url, "--db", str(tmp_path / "p.duckdb"))
+    nc = await nats.connect(nats_server.url)
+    try:
+        for _ in range(200):
+            try:
+                await QueryClient(nc, timeout=1).stats()
+                break
+            except QueryError:
+                await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
+    nats_server.stop()
+    await asyncio.sleep(3)  # reconnecting by now
+    process = projector.process
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    code = await asyncio.get_running_loop().run_in_executor(None, process.wait, 20)
+    assert code == 0
+    assert time.monotonic() - started < 10
