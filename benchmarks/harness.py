@@ -39,7 +39,7 @@ from typing import Any
 
 import nats
 
-from benchmarks import ingest, peer, projection
+from benchmarks import ingest, projection
 from benchmarks.workload import encoded, generate
 from services import replay
 from services.log import stream_state
@@ -103,6 +103,9 @@ def machine() -> dict[str, Any]:
 
 
 async def run(plan: Plan) -> dict[str, Any]:
+    # The peer needs the `bench` extra (eventsourcing); judging results does not.
+    from benchmarks import peer
+
     data = Path(tempfile.mkdtemp(prefix="casetrail-bench-"))
     server = NatsServer(data / "nats", sync_interval=plan.sync).start()
     processes: list[subprocess.Popen[bytes]] = []

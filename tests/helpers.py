@@ -67,6 +67,17 @@ async def wait_for_recorder(nc: nats.NATS, timeout: float = 30.0) -> None:
             await asyncio.sleep(0.1)
 
 
+async def read_until_up(stream: asyncio.StreamReader, timeout: float = 120.0) -> bytes:
+    """What `casetrail up` printed up to its "casetrail is up" line (it fails if it ends first)."""
+    seen = b""
+    async with asyncio.timeout(timeout):
+        while b"casetrail is up" not in seen:
+            line = await stream.readline()
+            assert line, seen.decode()
+            seen += line
+    return seen
+
+
 def today() -> dt.date:
     return dt.datetime.now(dt.timezone.utc).date()
 

@@ -30,7 +30,7 @@ from services.recorder import RecorderService
 from services.settings import Settings
 from services.streams import ensure_streams
 from tests.faults import wait_for_projection
-from tests.helpers import ROOT, encode, event, opened
+from tests.helpers import ROOT, encode, event, opened, read_until_up
 from tests.test_cli import casetrail
 
 CASE = "ru-2022-access"
@@ -271,12 +271,7 @@ async def test_up_with_auth_and_tls_wires_every_service_and_command(tmp_path: Pa
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
     )  # fmt: skip
     try:
-        seen = b""
-        async with asyncio.timeout(120):
-            while b"casetrail is up" not in seen:
-                line = await proc.stdout.readline()  # type: ignore[union-attr]
-                assert line, seen.decode()
-                seen += line
+        seen = await read_until_up(proc.stdout)  # type: ignore[arg-type]
         assert b"demo: sample case ru-2022-klokov: 5 accepted" in seen  # as publisher-demo, via TLS
         creds = data / "credentials"
         assert sorted(p.name for p in creds.iterdir()) == [

@@ -14,7 +14,7 @@ import pytest
 from nats.js.api import StorageType, StreamConfig
 
 from services.natsserver import free_port
-from tests.helpers import ROOT, encode, event, opened
+from tests.helpers import ROOT, encode, event, opened, read_until_up
 
 
 async def casetrail(*args: str, stdin: bytes | None = None, env: dict | None = None) -> tuple[int, bytes, bytes]:
@@ -161,12 +161,7 @@ async def _up(data: Path, port: int) -> asyncio.subprocess.Process:
         "--http-port", str(free_port()), "--demo",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=ROOT,
     )
-    seen = b""
-    async with asyncio.timeout(120):
-        while b"casetrail is up" not in seen:
-            line = await proc.stdout.readline()  # type: ignore[union-attr]
-            assert line, seen.decode()
-            seen += line
+    seen = await read_until_up(proc.stdout)  # type: ignore[arg-type]
     assert b"demo: sample case ru-2022-klokov" in seen
     return proc
 

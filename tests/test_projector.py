@@ -24,7 +24,7 @@ import pytest
 
 from services.client import Publisher
 from services.queries import QueryClient, QueryError
-from tests.helpers import ROOT, event, opened
+from tests.helpers import ROOT, event, opened, read_until_up
 
 CASE = "ru-2022-klokov"
 STATEMENT_PUBLISHER = "Support for Political Prisoners. Memorial"
@@ -267,12 +267,7 @@ async def test_up_demo_answers_the_sample_case_status(tmp_path) -> None:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     try:
-        seen = b""
-        async with asyncio.timeout(120):
-            while b"casetrail is up" not in seen:
-                line = await proc.stderr.readline()  # type: ignore[union-attr]
-                assert line, seen.decode()
-                seen += line
+        seen = await read_until_up(proc.stderr)  # type: ignore[arg-type]
         # `up` reports the demo loaded only once the projector has applied it: no waiting here.
         assert b"in the projection" in seen
         url = f"nats://127.0.0.1:{port}"
