@@ -20,7 +20,7 @@ import pyarrow as pa
 from projections import case_status, timeline
 from projections.effective import State, in_force, versions
 from projections.status import CaseFold, CaseStatus, walk
-from projections.store import ProjectionStore
+from projections.store import ProjectionStore, checkpoint_of
 
 MAX_LIMIT = 1000
 _STATUS_COLUMNS = ", ".join(f"s.{name}" for name in case_status.SCHEMA.names)
@@ -106,7 +106,7 @@ class Reader:
         """One read transaction; yields the checkpoint it sees (the answer's `as_of_seq`)."""
         self.cur.execute("BEGIN TRANSACTION READ ONLY")
         try:
-            yield self.cur.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
+            yield checkpoint_of(self.cur)
         finally:
             self.cur.execute("ROLLBACK")
 
@@ -157,7 +157,7 @@ class Reader:
         seqs = self.store.case_seqs(case_id)
         if not seqs:
             # Not even prepared after this checkpoint was read: not in it either.
-            as_of_seq = self.checkpoint()
+            as_of_seq = checkpoint_of(self.cur)
             seqs = self.store.case_seqs(case_id)
             if not seqs:
                 return as_of_seq, None
@@ -184,9 +184,6 @@ class Reader:
             rows = [row for row in rows if row[11] == State.EFFECTIVE]
             rows.sort(key=lambda row: (row[12], row[0]))
         return as_of_seq, [timeline.entry_from_row(row, history) for row in rows] or None
-
-    def checkpoint(self) -> int:
-        return self.cur.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
 
     def _records(self, case_id: str) -> list[timeline.Stored]:
         seqs = self.store.case_seqs(case_id)

@@ -32,6 +32,7 @@ import msgspec
 from projections import case_status, charges, recognitions
 from projections.effective import in_force, versions
 from projections.status import walk
+from projections.store import checkpoint_of
 from projections.timeline import stored
 
 WALK_CHUNK = 20_000  # timeline rows fetched per round trip when walking every case
@@ -93,7 +94,7 @@ def summary(cur: duckdb.DuckDBPyConnection, *, on: dt.date | None, today: dt.dat
     day = on or today
     cur.execute("BEGIN TRANSACTION")
     try:
-        as_of_seq = cur.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
+        as_of_seq = checkpoint_of(cur)
         if on is None:
             status, charge, recognition = case_status.NAME, charges.NAME, recognitions.NAME
         else:

@@ -21,6 +21,7 @@ import duckdb
 import msgspec
 
 from projections import case_status, charges, recognitions, timeline
+from projections.store import checkpoint_of
 
 TABLES = (case_status.NAME, timeline.NAME, charges.NAME, recognitions.NAME, "checkpoint")
 DATABASE = "casetrail.duckdb"
@@ -51,7 +52,7 @@ def take(cur: duckdb.DuckDBPyConnection, directory: str | Path, keep: int = 3) -
     directory.mkdir(parents=True, exist_ok=True)
     cur.execute("BEGIN TRANSACTION")
     try:
-        seq = cur.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
+        seq = checkpoint_of(cur)
         final = directory / _name(seq)
         if (final / MANIFEST).exists():
             cur.execute("ROLLBACK")

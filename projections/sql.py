@@ -23,6 +23,7 @@ from typing import Any
 import duckdb
 
 from projections import case_status, charges, recognitions, timeline
+from projections.store import checkpoint_of
 
 TABLES = frozenset(
     {
@@ -111,7 +112,7 @@ def run(
     timer = threading.Timer(timeout, cur.interrupt)
     cur.execute("BEGIN TRANSACTION READ ONLY")
     try:
-        as_of_seq = cur.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
+        as_of_seq = checkpoint_of(cur)
         timer.start()
         try:
             result = cur.execute(query)

@@ -68,6 +68,11 @@ META_DDL = [
 ]
 
 
+def checkpoint_of(cur: duckdb.DuckDBPyConnection) -> int:
+    """The last applied seq, as the cursor's transaction sees it."""
+    return cur.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
+
+
 class VersionMismatch(RuntimeError):
     """The file was built by another version of a projection: it must be rebuilt from the log."""
 
@@ -127,7 +132,7 @@ class ProjectionStore:
         self.con.execute("SET checkpoint_threshold = '128MB'")
         self.con.execute("SET preserve_insertion_order = false")
         self._create_or_check()
-        self.position: int = self.con.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
+        self.position: int = checkpoint_of(self.con)
         self.folds: dict[str, CaseFold] = {}
         self.seqs: dict[str, array] = self._load_seqs()
         self._prepared = self.position  # the last seq prepared (committed, or about to be)

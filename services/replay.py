@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING
 import duckdb
 import msgspec
 
-from projections.store import ProjectionStore, versions_wanted
+from projections.store import ProjectionStore, checkpoint_of, versions_wanted
 from services.log import stream_state
 from services.logfeed import SETTINGS_ENV, ChildFeed
 from services.settings import Settings
@@ -272,7 +272,7 @@ async def swap_in(projector: Projector, new: Path, settings: Settings) -> int:
 def _position_of(path: Path) -> int:
     con = duckdb.connect(str(path), read_only=True)
     try:
-        return con.execute("SELECT last_seq FROM checkpoint").fetchall()[0][0]
+        return checkpoint_of(con)
     finally:
         con.close()
 
