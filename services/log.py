@@ -67,6 +67,27 @@ async def stream_state(
             return state
 
 
+def headers_for_status_only(nc: Client) -> None:
+    """Let `nc` parse a message's headers only when it is a status (control) message.
+
+    Records carry four or five headers (ids, batch), which nats-py parses into a
+    dict per message: a fifth of a log reader's time, for headers it never reads.
+    Status messages (`NATS/1.0 100 Idle Heartbeat`, flow control), which an ordered
+    consumer needs, have an inline status after the version and are still parsed.
+    Only for a connection that does nothing but read the log: a message's
+    `headers` is None otherwise.
+    """
+    parse = nc._process_headers  # type: ignore[attr-defined]
+    status_at = len(b"NATS/1.0")
+
+    async def status_only(headers: bytes) -> dict[str, str] | None:
+        if headers and len(headers) > status_at and headers[status_at] == 0x20:  # "NATS/1.0 <status>"
+            return await parse(headers)
+        return None
+
+    nc._process_headers = status_only  # type: ignore[attr-defined]
+
+
 def stream_seq(reply: str) -> int:
     """The stream sequence in a JetStream ack subject.
 
@@ -142,23 +163,26 @@ class LogReader:
             except Exception:  # the connection may be gone already
                 pass
 
-    async def batches(self, max_batch: int = 5000) -> AsyncIterator[list[tuple[int, bytes]]]:
-        if self.stop_seq is not None and self.stop_seq < self.start_seq:
-            return  # nothing to read
-        while True:
-            await self._ready.wait()
-            while self._buffer:
-                batch = self._buffer[:max_batch]
-                del self._buffer[: len(batch)]
-                if self.stop_seq is not None and batch[-1][0] >= self.stop_seq:
-                    batch = [item for item in batch if item[0] <= self.stop_seq]
-                    if batch:
-                        self.position = batch[-1][0]
-                        yield batch
-                    return
-                self.position = batch[-1][0]
-                yield batch
+    @property
+    def received_all(self) -> bool:
+        """A bounded reader has received (not necessarily handed out) its last record."""
+        return self.stop_seq is not None and (self._stopping is not None or self.stop_seq < self.start_seq)
+
+    async def take(self, max_batch: int = 5000) -> list[tuple[int, bytes]] | None:
+        """What has arrived (waiting for the first record), up to `max_batch`; None at `stop_seq`."""
+        if self.stop_seq is not None and self.position >= self.stop_seq:
+            return None  # (so is a reader whose stop is before its start)
+        while not self._buffer:
             self._ready.clear()
+            await self._ready.wait()
+        batch = self._buffer[:max_batch]
+        del self._buffer[: len(batch)]
+        self.position = batch[-1][0]
+        return batch
+
+    async def batches(self, max_batch: int = 5000) -> AsyncIterator[list[tuple[int, bytes]]]:
+        while (batch := await self.take(max_batch)) is not None:
+            yield batch
 
 
 async def read_log(

@@ -7,8 +7,9 @@ follows the log with `LogReader` and hands raw batches over a pipe, and the
 projector's process only applies them. `InlineFeed` does the same in this process (tests, small setups).
 
 Both read the same way: far behind the head of the log, bounded windows (so what
-is buffered stays bounded, however long the log); near it, they follow it. A
-window is only read once the one before has been handed on.
+is buffered stays bounded, however long the log); near it, they follow it. The
+next window is read once the one before has arrived, while it is handed on: two
+windows at most are held, and the projector never waits for a window to start.
 
 Batches are asked for, one at a time, when the projector is ready to fold the
 next (a credit byte on the child's stdin): the reader hands on what has arrived
@@ -35,7 +36,7 @@ from typing import Any, BinaryIO
 import msgspec
 
 from services.connection import connect
-from services.log import LogReader, stream_state
+from services.log import LogReader, headers_for_status_only, stream_state
 from services.settings import Settings
 
 log = logging.getLogger("casetrail.logfeed")
@@ -69,37 +70,50 @@ async def follow(
     js = nc.jetstream()
     owed = False  # asked for a batch not yet handed on (a window ended first)
     while True:
+        reader: LogReader | None = None
+        ahead: LogReader | None = None  # the next window, read while this one is handed on
         try:
-            head = (await stream_state(nc)).last_seq
-            start = position + 1
-            stop = min(head, start + window - 1) if head - start >= MAX_BATCH else None
+            reader = await _open(nc, js, position + 1, window)
             started = time.monotonic()
-            async with LogReader(js, start, stop) as reader:
-                batches = reader.batches(max_batch=MAX_BATCH).__aiter__()
-                while True:
-                    if not owed:
-                        await _asked(asked)
-                        owed = True
-                    try:
-                        batch = await anext(batches)
-                    except StopAsyncIteration:
-                        break
-                    try:
-                        await hand_on(batch, stop is None)
-                    except Exception as exc:
-                        raise HandOnFailed(str(exc)) from exc
-                    owed = False
-                    position = batch[-1][0]
-                    if stop is None and len(batch) >= MAX_BATCH:
-                        break  # fallen behind while following: back to bounded windows
-            if stop is not None:
-                rate = (position - start + 1) / max(time.monotonic() - started, 1e-6)
-                log.info("read the log to seq %d of %d (%.0f records/s)", position, head, rate)
+            while True:
+                if ahead is None and reader.received_all:
+                    assert reader.stop_seq is not None
+                    ahead = await _open(nc, js, reader.stop_seq + 1, window)
+                if not owed:
+                    await _asked(asked)
+                    owed = True
+                batch = await reader.take(MAX_BATCH)
+                if batch is None:  # a window handed on: on to the next, already arriving
+                    rate = (reader.position - reader.start_seq + 1) / max(time.monotonic() - started, 1e-6)
+                    log.info("read the log to seq %d (%.0f records/s)", reader.position, rate)
+                    await reader.close()
+                    reader, ahead = ahead or await _open(nc, js, position + 1, window), None
+                    started = time.monotonic()
+                    continue
+                try:
+                    await hand_on(batch, reader.stop_seq is None)
+                except Exception as exc:
+                    raise HandOnFailed(str(exc)) from exc
+                owed = False
+                position = batch[-1][0]
+                if reader.stop_seq is None and len(batch) >= MAX_BATCH:
+                    break  # fallen behind while following: back to bounded windows
         except (asyncio.CancelledError, HandOnFailed):
             raise
         except Exception:
             log.exception("reading the log failed after seq %d; retrying", position)
             await asyncio.sleep(RETRY_S)
+        finally:
+            for open_reader in (reader, ahead):
+                if open_reader is not None:
+                    await open_reader.close()
+
+
+async def _open(nc: Any, js: Any, start: int, window: int) -> LogReader:
+    """A reader from `start`: of one window while far behind the head; following it near it."""
+    head = (await stream_state(nc)).last_seq
+    stop = min(head, start + window - 1) if head - start >= MAX_BATCH else None
+    return await LogReader(js, start, stop).__aenter__()
 
 
 async def _asked(asked: Callable[[], Awaitable[None]]) -> None:
@@ -124,6 +138,7 @@ class InlineFeed:
 
     async def __aenter__(self) -> InlineFeed:
         self._nc = await connect(self.settings, "casetrail-projector-log")
+        headers_for_status_only(self._nc)
         async def hand_on(batch: Batch, at_head: bool) -> None:
             await self._queue.put((batch, at_head))
 
@@ -269,6 +284,7 @@ async def _child(
     settings: Settings, start_seq: int, window: int, out: BinaryIO, asks: BinaryIO, parent: int
 ) -> None:
     nc = await connect(settings, "casetrail-projector-log")
+    headers_for_status_only(nc)
     sender = ThreadPoolExecutor(1, thread_name_prefix="logfeed-send")
     loop = asyncio.get_running_loop()
 
