@@ -216,3 +216,29 @@ async def test_checked_publish_path_records_the_same(nc, recorder, sample_lines,
     results = await batch(nc, sample_lines)
     assert [r["case_version"] for r in results] == [1, 2, 3, 4, 5]
     assert list(verify_chain(await log_records(nc))) == []
+
+
+async def test_an_event_another_recorder_just_wrote_is_a_duplicate_or_a_conflict(nc, streams) -> None:
+    """Single events go as ordinary publishes: JetStream's duplicate ack must not pass for a record."""
+    from services.recording import Recorder
+
+    first, second, third = (Recorder(nc, nc.jetstream()) for _ in range(3))
+    for each in (first, second, third):
+        await each.start()
+    other_case = "ru-2022-other"
+    opened_results = [
+        (await first.submit("ovd", encode(opened(case_id)))).results[0] for case_id in (CASE, other_case)
+    ]
+    for each in (second, third):
+        await each.catch_up()
+    detained = event("detained", CASE, "d1")
+    (recorded,) = (await first.submit("ovd", encode(detained))).results
+    assert recorded.status == "accepted"
+    # The others have not read it yet: each learns of it from JetStream, reads, decides.
+    (again,) = (await second.submit("someone-else", encode(detained))).results
+    assert (again.status, again.seq) == ("duplicate", recorded.seq)
+    # The same event_id in another case (whose head is current): only its Nats-Msg-Id
+    # is known to JetStream, which acks it as a duplicate of the record in CASE.
+    (reused,) = (await third.submit("ovd", encode({**detained, "case_id": other_case}))).results
+    assert (reused.status, reused.code) == ("rejected", "event_id_conflict")
+    assert [r.seq for r in await log_records(nc)] == [r.seq for r in opened_results] + [recorded.seq]
