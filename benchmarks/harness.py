@@ -67,6 +67,10 @@ class Plan:
         self.replay_sizes = [n for n in sizes if n <= events] or [events]
 
 
+# Offered rates of the ack-to-visible measurement; `visibility_ms` is the last one's.
+VISIBILITY_RATES = (100, 300, 1000)
+
+
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
@@ -161,8 +165,12 @@ async def run(plan: Plan) -> dict[str, Any]:
 
         latency = await projection.query_latency(queries, case_ids, plan.samples)
         say(f"queries (ms): {latency}")
-        visible = await projection.visibility(nc, queries, 1000, plan.visibility_s)
-        say(f"ack to visible at 1,000 events/s (ms): {visible}")
+        by_rate = []
+        for rate in VISIBILITY_RATES:  # the lighter loads first
+            seen = await projection.visibility(nc, queries, rate, plan.visibility_s)
+            by_rate.append({"events_per_s": rate, **seen})
+            say(f"ack to visible at {rate:,} events/s (ms): {seen}")
+        visible = {k: by_rate[-1][k] for k in ("p50", "p99")}
         # Peaks of each service with its child processes (the projector's log reader).
         rss = {
             "recorder": projection.peak_rss_mb(recorder.pid)["total"],
@@ -189,7 +197,8 @@ async def run(plan: Plan) -> dict[str, Any]:
                 "peer_events_per_s": round(peer_catchup),
             },
             "replay": replays,
-            "visibility_ms": visible,
+            "visibility_ms": visible,  # at the last (highest) of VISIBILITY_RATES
+            "visibility_by_rate": by_rate,
             "query_ms": {
                 "status_p99": latency["status_p99"],
                 "timeline_p99": latency["timeline_p99"],
@@ -232,9 +241,9 @@ TARGETS = [
     ("ingest 10 times the peer per command", lambda r, q: q["ingest / peer per command"] >= 10),
     ("catch-up at least 0.5 of its ceiling", lambda r, q: q["catch-up / ceiling"] >= 0.5),
     ("catch-up above the peer", lambda r, q: q["catch-up / peer"] > 1),
-    ("visibility p99 under 50 ms", lambda r, q: r["visibility_ms"]["p99"] < 50),
+    ("visibility p99 under 50 ms (at 1,000 events/s)", lambda r, q: r["visibility_ms"]["p99"] < 50),
     ("timeline p99 under 10 ms", lambda r, q: r["query_ms"]["timeline_p99"] < 10),
-    ("filtered cases p99 under 50 ms", lambda r, q: r["query_ms"]["cases_p99"] < 50),
+    ("filtered cases p99 under 50 ms (our own aim; the issue sets none)", lambda r, q: r["query_ms"]["cases_p99"] < 50),
     ("projector under 1 GiB", lambda r, q: r["rss_mb"]["projector"] < 1024),
 ]
 
@@ -251,7 +260,8 @@ def table(r: dict[str, Any]) -> str:
         ("catch-up from empty", f"{c['events_per_s']:,} events/s",
          f"{q['catch-up / ceiling']:.2f} of a bare ordered consumer ({c['ceiling_events_per_s']:,}/s)",
          f"{q['catch-up / peer']:.1f}x ({c['peer_events_per_s']:,}/s)"),
-        ("ack to visible at 1,000/s", f"p50 {r['visibility_ms']['p50']} ms, p99 {r['visibility_ms']['p99']} ms", "", ""),
+        *((f"ack to visible at {v['events_per_s']:,}/s", f"p50 {v['p50']} ms, p99 {v['p99']} ms", "", "")
+          for v in r.get("visibility_by_rate") or [{"events_per_s": 1000, **r["visibility_ms"]}]),
         ("query p99", f"status {r['query_ms']['status_p99']} ms, timeline {r['query_ms']['timeline_p99']} ms, "
          f"cases {r['query_ms']['cases_p99']} ms", "", ""),
         ("peak RSS", f"recorder {r['rss_mb']['recorder']} MB, projector {r['rss_mb']['projector']} MB", "", ""),
