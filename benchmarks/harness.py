@@ -63,8 +63,13 @@ class Plan:
         self.peer_events = min(events, 5_000 if quick else 20_000)
         self.samples = 200 if quick else 1000
         self.visibility_s = 3.0 if quick else 10.0
+        self.visibility_samples = 100 if quick else 500  # at least, at each rate
         sizes = (10_000, 30_000, 50_000) if quick else (100_000, 300_000, 1_000_000)
         self.replay_sizes = [n for n in sizes if n <= events] or [events]
+
+    def visibility_seconds(self, rate: float, per_request: int = 10) -> float:
+        """Long enough at `rate` for the samples a p99 needs (one per submission)."""
+        return max(self.visibility_s, self.visibility_samples * per_request / rate)
 
 
 # Offered rates of the ack-to-visible measurement; `visibility_ms` is the last one's.
@@ -167,7 +172,7 @@ async def run(plan: Plan) -> dict[str, Any]:
         say(f"queries (ms): {latency}")
         by_rate = []
         for rate in VISIBILITY_RATES:  # the lighter loads first
-            seen = await projection.visibility(nc, queries, rate, plan.visibility_s)
+            seen = await projection.visibility(nc, queries, rate, plan.visibility_seconds(rate))
             by_rate.append({"events_per_s": rate, **seen})
             say(f"ack to visible at {rate:,} events/s (ms): {seen}")
         visible = {k: by_rate[-1][k] for k in ("p50", "p99")}

@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 
-from benchmarks.harness import TARGETS, ratios, table
+from benchmarks.harness import TARGETS, Plan, ratios, table
 from benchmarks.workload import encoded, generate
 from schemas.dates import utc_today
 from schemas.validation import decode_event
@@ -96,3 +96,12 @@ def test_a_slower_run_fails_the_targets_it_misses() -> None:
     text = table(slow)
     assert "- NOT met: catch-up at least 0.5 of its ceiling" in text
     assert "- NOT met: projector under 1 GiB" in text
+
+
+def test_the_plan_sizes_replays_and_measures_each_visibility_rate_long_enough_for_its_p99() -> None:
+    plan = Plan(1_000_000, quick=False)
+    assert plan.replay_sizes == [100_000, 300_000, 1_000_000]
+    assert plan.visibility_seconds(1000) == 10.0
+    assert plan.visibility_seconds(100) == 50.0  # 500 submissions of ten
+    quick = Plan(50_000, quick=True)
+    assert quick.visibility_seconds(100) == 10.0
