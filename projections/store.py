@@ -12,7 +12,8 @@ is walked again from its stored history (its `timeline` rows hold its events)
 when an event arrives out of order, when a correction or retraction arrives, or
 when its fold is not in memory (after a restart). Both paths run the same walk.
 The record seqs of each case are kept in memory too, so that its rows are fetched
-through the `record_seq` index rather than by scanning every stored event.
+by their seqs: DuckDB then reads only the row groups whose `record_seq` range holds
+one (zone maps), rather than every stored event.
 
 `apply` is `prepare` (decode, fold, build the rows: Python) then `commit` (the
 DuckDB transaction, which releases the GIL): the projector prepares the next batch
