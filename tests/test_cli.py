@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -181,3 +182,22 @@ async def test_up_demo_survives_restart_and_stops_every_child(tmp_path) -> None:
             await asyncio.wait_for(proc.wait(), 60)
         await asyncio.sleep(0.2)
         assert _processes_mentioning(str(data), url) == []
+
+
+async def test_up_killed_with_sigkill_leaves_no_process_behind(tmp_path) -> None:
+    """The supervisor cannot stop its children then: they stop themselves (nats-server too)."""
+    data, port = tmp_path / "data", free_port()
+    url = f"nats://127.0.0.1:{port}"
+    proc = await _up(data, port)
+    try:
+        assert len(_processes_mentioning(str(data), url)) >= 3
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)
+        async with asyncio.timeout(30):
+            while left := _processes_mentioning(str(data), url):
+                await asyncio.sleep(0.2)
+        assert not left
+    finally:
+        for pid in _processes_mentioning(str(data), url):  # whatever a failure left running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
