@@ -14,6 +14,8 @@ from typing import Any
 import msgspec
 import nats
 
+from services.children import die_with_parent
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = [{"publisher": "OVD-Info", "url": "https://ovd.info/", "reliability": "credible"}]
 
@@ -36,6 +38,7 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 env={**os.environ, **(self.env or {})},
                 cwd=ROOT,
+                preexec_fn=die_with_parent(),  # noqa: PLW1509 (pytest killed: it goes too)
             )
         return self
 
