@@ -109,6 +109,13 @@ async def follow(
                     await open_reader.close()
 
 
+async def _reader_connection(settings: Settings) -> Any:
+    """The connection a feed reads the log on, and nothing else (see headers_for_status_only)."""
+    nc = await connect(settings, "casetrail-projector-log")
+    headers_for_status_only(nc)
+    return nc
+
+
 async def _open(nc: Any, js: Any, start: int, window: int) -> LogReader:
     """A reader from `start`: of one window while far behind the head; following it near it."""
     head = (await stream_state(nc)).last_seq
@@ -137,8 +144,7 @@ class InlineFeed:
         self.at_head = False  # whether the last batch came from following the head
 
     async def __aenter__(self) -> InlineFeed:
-        self._nc = await connect(self.settings, "casetrail-projector-log")
-        headers_for_status_only(self._nc)
+        self._nc = await _reader_connection(self.settings)
         async def hand_on(batch: Batch, at_head: bool) -> None:
             await self._queue.put((batch, at_head))
 
@@ -283,8 +289,7 @@ def main(argv: list[str] | None = None) -> None:
 async def _child(
     settings: Settings, start_seq: int, window: int, out: BinaryIO, asks: BinaryIO, parent: int
 ) -> None:
-    nc = await connect(settings, "casetrail-projector-log")
-    headers_for_status_only(nc)
+    nc = await _reader_connection(settings)
     sender = ThreadPoolExecutor(1, thread_name_prefix="logfeed-send")
     loop = asyncio.get_running_loop()
 
