@@ -29,23 +29,37 @@ def ddl(table: str, schema: pa.Schema) -> str:
 
 
 class Rows:
-    """Tuples in the order of `schema`, turned into one Arrow table."""
+    """Tuples in the order of `schema`, turned into one Arrow table.
 
-    __slots__ = ("schema", "rows")
+    `flush()` turns the tuples so far into columns early (when there is time for it);
+    `table()` is then those columns and the rest, end to end (no copy).
+    """
+
+    __slots__ = ("schema", "rows", "_flushed")
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
         self.rows: list[tuple] = []
+        self._flushed: list[pa.Table] = []
 
     def add(self, *values: object) -> None:
         self.rows.append(values)
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.rows) + sum(t.num_rows for t in self._flushed)
+
+    def flush(self) -> None:
+        if self.rows:
+            self._flushed.append(self._columns())
+            self.rows = []
 
     def table(self) -> pa.Table:
-        if not self.rows:
-            return self.schema.empty_table()
+        if not self._flushed:
+            return self._columns() if self.rows else self.schema.empty_table()
+        self.flush()
+        return self._flushed[0] if len(self._flushed) == 1 else pa.concat_tables(self._flushed)
+
+    def _columns(self) -> pa.Table:
         columns = zip(*self.rows)
         return pa.Table.from_arrays(
             [pa.array(column, type=field.type) for column, field in zip(columns, self.schema)],

@@ -285,6 +285,9 @@ class ProjectionStore:
                 continue
             self._apply_in_place(fold, items, days, changes)
         if again:
+            # The history read waits for the commit of the batch before: first turn what
+            # is folded so far into rows, the work that need not wait.
+            changes.settle()
             history = self._history(again)
             for case_id in again:
                 self._walk_again(case_id, history.get(case_id, []), by_case[case_id], changes)
@@ -360,27 +363,17 @@ class ProjectionStore:
 
     def _tables(self, last_seq: int, changes: _Changes, new_cases: set[str]) -> Prepared:
         """The rows a batch writes, as Arrow tables (built from the folds as they are now)."""
-        status_rows = case_status.rows()
-        charge_rows = charges.rows()
-        recognition_rows = recognitions.rows()
-        for case_id, (fold, updated_seq) in changes.status.items():
-            if fold.events == 0:
-                continue  # every event retracted: the case no longer exists
-            case_status.add_row(status_rows, fold, updated_seq)
-            if case_id in changes.charges:
-                charges.add_rows(charge_rows, fold)
-            if case_id in changes.recognitions:
-                recognitions.add_rows(recognition_rows, fold)
+        changes.settle()
         return Prepared(
             last_seq=last_seq,
             timeline=changes.timeline.table(),
             states=changes.states.table() if len(changes.states) else None,
             status_cases=[c for c in changes.status if c not in new_cases],
-            status=status_rows.table(),
+            status=changes.status_rows.table(),
             charge_cases=[c for c in changes.charges if c not in new_cases],
-            charges=charge_rows.table(),
+            charges=changes.charge_rows.table(),
             recognition_cases=[c for c in changes.recognitions if c not in new_cases],
-            recognitions=recognition_rows.table(),
+            recognitions=changes.recognition_rows.table(),
         )
 
     def _transaction(self, p: Prepared) -> None:
@@ -445,14 +438,43 @@ class Prepared(msgspec.Struct, kw_only=True):
 class _Changes:
     """What one batch changes, gathered before the transaction that writes it."""
 
-    __slots__ = ("timeline", "states", "status", "charges", "recognitions")
+    __slots__ = (
+        "timeline",
+        "states",
+        "status",
+        "charges",
+        "recognitions",
+        "status_rows",
+        "charge_rows",
+        "recognition_rows",
+        "_settled",
+    )
 
     def __init__(self) -> None:
         self.timeline = timeline.rows()  # new rows
         self.states = timeline.state_rows()  # stored rows whose state changes
-        self.status: dict[str, tuple[CaseFold, int]] = {}
+        self.status: dict[str, tuple[CaseFold, int]] = {}  # each case once, when its folding is done
         self.charges: set[str] = set()
         self.recognitions: set[str] = set()
+        self.status_rows = case_status.rows()
+        self.charge_rows = charges.rows()
+        self.recognition_rows = recognitions.rows()
+        self._settled = 0  # the cases of `status` whose rows are built
+
+    def settle(self) -> None:
+        """Build the rows of the cases folded since the last call, and turn rows into columns."""
+        added = list(self.status.items())[self._settled :]
+        self._settled = len(self.status)
+        for case_id, (fold, updated_seq) in added:
+            if fold.events == 0:
+                continue  # every event retracted: the case no longer exists
+            case_status.add_row(self.status_rows, fold, updated_seq)
+            if case_id in self.charges:
+                charges.add_rows(self.charge_rows, fold)
+            if case_id in self.recognitions:
+                recognitions.add_rows(self.recognition_rows, fold)
+        for rows in (self.timeline, self.status_rows, self.charge_rows, self.recognition_rows):
+            rows.flush()
 
 
 def _in_order(fold: CaseFold, items: list[_Item]) -> list[dt.date | None] | None:
