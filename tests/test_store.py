@@ -6,6 +6,9 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pyarrow as pa
+
+from projections.columns import Rows
 from projections.queries import Reader
 from projections.status import derive_status
 from projections.store import ProjectionStore
@@ -123,3 +126,61 @@ def test_readers_see_whole_batches_only(tmp_path) -> None:
     assert all(events == as_of_seq for as_of_seq, events in seen)
     assert seen and max(a for a, _ in seen) == 5
     store.close()
+
+
+def test_one_batch_of_cases_folded_in_place_and_walked_again_writes_each_once(tmp_path) -> None:
+    busy, late, new = "ru-2024-busy", "ru-2024-late", "ru-2024-new"
+    recs = records([
+        opened(busy, occurred_on="2024-01-10"),
+        opened(late, occurred_on="2024-01-10"),
+        event("detained", late, "late-d", "2024-02-01"),
+        # The batch below: in order for `busy`, late for `late`, a case never seen.
+        event("detained", busy, "busy-d", "2024-02-01"),
+        event("remanded", late, "late-r", "2024-01-20", measure="house_arrest"),
+        opened(new, occurred_on="2024-03-01"),
+        event("released", busy, "busy-r", "2024-04-01", reason="sentence_served"),
+    ])
+    versions: dict[str, int] = {}
+    for record in recs:  # records() numbers case_version across the list: per case here
+        versions[record.event.case_id] = versions.get(record.event.case_id, 0) + 1
+        record.case_version = versions[record.event.case_id]
+    log = delivered(recs)
+    store = ProjectionStore(tmp_path / "p.duckdb")
+    store.apply(log[:2])
+    slow = store._transaction
+
+    def slowly(prepared):  # the history read of the next batch waits for this commit
+        time.sleep(0.2)
+        slow(prepared)
+
+    store._transaction = slowly  # type: ignore[method-assign]
+    with ThreadPoolExecutor(1) as writer:
+        committing = writer.submit(store.commit, store.prepare(log[2:3]))
+        batch = store.prepare(log[3:])
+        committing.result()
+    store.commit(batch)
+    cur = store.reader()
+    assert cur.execute("SELECT record_seq FROM timeline ORDER BY record_seq").fetchall() == [
+        (seq,) for seq in range(1, 8)
+    ]
+    assert sorted(cur.execute("SELECT case_id FROM case_status").fetchall()) == [(busy,), (late,), (new,)]
+    reader = Reader(store)
+    for case_id in (busy, late, new):
+        _, status = reader.status(case_id, today=TODAY)
+        expected = derive_status(case_id, [r for r in recs if r.event.case_id == case_id], on=TODAY)
+        assert status is not None and expected is not None
+        expected.as_of_seq = status.as_of_seq
+        assert status == expected
+    store.close()
+
+
+def test_rows_turned_into_columns_early_keep_their_order() -> None:
+    rows = Rows(pa.schema([pa.field("n", pa.int64()), pa.field("s", pa.string())]))
+    assert rows.table().num_rows == 0
+    rows.add(1, "a")
+    rows.flush()
+    rows.flush()  # nothing new: nothing added
+    rows.add(2, "b")
+    rows.add(3, "c")
+    assert len(rows) == 3
+    assert rows.table().to_pylist() == [{"n": 1, "s": "a"}, {"n": 2, "s": "b"}, {"n": 3, "s": "c"}]
