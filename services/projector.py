@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import gc
 import logging
 import queue
 import signal
@@ -32,13 +31,13 @@ from nats.aio.msg import Msg
 
 from projections import sql as projection_sql
 from projections.queries import Filters, Reader
-from projections.store import Prepared, ProjectionStore
+from projections.store import ProjectionStore
 from schemas.dates import utc_today
 from services import subjects
 from services.connection import close_connection, connect
-from services.health import APPLY
 from services.log import stream_state
 from services.logfeed import ChildFeed, InlineFeed
+from services.pipeline import Pipeline, tune_gc
 from services.queries import (
     NAMES,
     QUEUE,
@@ -55,7 +54,6 @@ from services.settings import Settings
 log = logging.getLogger("casetrail.projector")
 
 READERS = 4
-FREEZE_AFTER = 1000  # records in a batch after which what survives it is frozen (gc.freeze)
 # DuckDB's threads: a projector's statements are small (a batch, a case), and each
 # extra thread costs more in scheduling than it saves (measured: ~30% more CPU per
 # commit with 2 threads on 2 cores, no faster queries).
@@ -178,45 +176,25 @@ class Projector:
         assert self.store is not None
         store = self.store
         loop = asyncio.get_running_loop()
-        committing: asyncio.Future[int] | None = None
+        pipeline = Pipeline(store, self._folder, self._writer, self._committed)
         catching_up = True
         try:
             async with self._feed(self.settings, self.position + 1) as feed:
                 async for batch in feed.batches():
-                    started = time.perf_counter()
-                    prepared = await loop.run_in_executor(self._folder, store.prepare, batch)
-                    if len(batch) >= FREEZE_AFTER or (feed.at_head and catching_up):
-                        # What survives a large batch (the folds above all) lives long:
-                        # out of the collector's sight, so that it is not scanned again
-                        # (at 1M events a full collection took 1.8 s). Frozen objects are
-                        # still freed with their last reference; only cycles would stay.
-                        gc.freeze()
-                    if committing is not None:
-                        await committing
-                        committing = None
-                    if prepared is not None:
-                        committing = loop.run_in_executor(self._writer, _commit, store, prepared)
-                        committing.add_done_callback(self._committed)
+                    await pipeline.add(batch, freeze=feed.at_head and catching_up)
                     if feed.at_head and catching_up:
                         # Caught up: write the catch-up's WAL into the file now, rather
                         # than at some later commit that readers would wait for.
                         catching_up = False
-                        if committing is not None:
-                            await committing
-                            committing = None
+                        await pipeline.drain()
                         await loop.run_in_executor(self._writer, store.checkpoint)
                     elif not feed.at_head:
                         catching_up = True
-                    log.debug("folded %d records in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
         finally:
-            if committing is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(committing)
+            await pipeline.close()
 
-    def _committed(self, done: asyncio.Future[int]) -> None:
-        if done.cancelled() or done.exception() is not None:
-            return
-        self.position = done.result()
+    def _committed(self, position: int) -> None:
+        self.position = position
         advanced, self._advanced = self._advanced, asyncio.Event()
         advanced.set()
 
@@ -328,14 +306,6 @@ class Projector:
             self._readers.put(reader)
 
 
-def _commit(store: ProjectionStore, prepared: Prepared) -> int:
-    started = time.perf_counter()
-    position = store.commit(prepared)
-    APPLY.observe(prepared.timeline.num_rows, time.perf_counter() - started)  # for /metrics
-    log.debug("committed %d records in %.1f ms", prepared.timeline.num_rows, (time.perf_counter() - started) * 1000)
-    return position
-
-
 def _status(reader: Reader, request: StatusRequest, today: dt.date) -> Any:
     as_of_seq, status = reader.status(
         request.case_id, today=today, on=request.on_date(), known_at=request.known_at_time()
@@ -419,8 +389,7 @@ async def serve(
     snapshot_dir: Path | None = None,
 ) -> None:
     """Run until SIGINT or SIGTERM; the batch in hand is committed before it stops."""
-    # Young objects pile up within a batch; collect them less often (about 2x faster).
-    gc.set_threshold(50_000, 20, 100)
+    tune_gc()
     projector = Projector(
         settings,
         db_path,

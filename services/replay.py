@@ -40,6 +40,7 @@ import msgspec
 from projections.store import ProjectionStore, checkpoint_of, versions_wanted
 from services.log import stream_state
 from services.logfeed import SETTINGS_ENV, ChildFeed
+from services.pipeline import Pipeline, tune_gc
 from services.settings import Settings
 
 if TYPE_CHECKING:
@@ -157,28 +158,20 @@ async def _apply_until(
     progress: Callable[[int, int], None] | None,
 ) -> None:
     """Fold batch N+1 while batch N commits, up to `target` exactly."""
-    loop = asyncio.get_running_loop()
-    committing: asyncio.Future[int] | None = None
+    committed = None if progress is None else (lambda position: progress(position, target))
+    pipeline = Pipeline(store, folder, writer, committed)
     try:
         async with ChildFeed(settings, store.position + 1) as feed:
             async for batch in feed.batches():
                 if batch[-1][0] > target:
                     batch = [item for item in batch if item[0] <= target]
-                prepared = await loop.run_in_executor(folder, store.prepare, batch) if batch else None
-                if committing is not None:
-                    position = await committing
-                    if progress is not None:
-                        progress(position, target)
-                    committing = None
-                if prepared is not None:
-                    committing = loop.run_in_executor(writer, store.commit, prepared)
+                if batch:
+                    await pipeline.add(batch)
                 if not batch or batch[-1][0] >= target:
                     break
+        await pipeline.drain()
     finally:
-        if committing is not None:
-            position = await committing
-            if progress is not None:
-                progress(position, target)
+        await pipeline.close()
 
 
 async def build_in_child(
@@ -286,6 +279,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=Settings)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the projector (or the CLI) decides when to stop
+    tune_gc()
     out = sys.stdout.buffer
     last = [0.0]
 
