@@ -35,7 +35,7 @@ class Rows:
     `table()` is then those columns and the rest, end to end (no copy).
     """
 
-    __slots__ = ("schema", "rows", "_flushed")
+    __slots__ = ("_flushed", "rows", "schema")
 
     def __init__(self, schema: pa.Schema) -> None:
         self.schema = schema
@@ -54,9 +54,9 @@ class Rows:
             self.rows = []
 
     def table(self) -> pa.Table:
-        if not self._flushed:
-            return self._columns() if self.rows else self.schema.empty_table()
         self.flush()
+        if not self._flushed:
+            return self.schema.empty_table()
         return self._flushed[0] if len(self._flushed) == 1 else pa.concat_tables(self._flushed)
 
     def _columns(self) -> pa.Table:

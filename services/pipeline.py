@@ -63,13 +63,7 @@ class Pipeline:
     async def drain(self) -> None:
         """Until the commit in hand has ended; its failure is raised here."""
         if self._committing is not None:
-            try:
-                await self._committing
-            except asyncio.CancelledError:
-                raise  # still in hand: `close` waits for it
-            except BaseException:
-                self._committing = None
-                raise
+            await self._committing  # cancelled or failed: still in hand, for `close`
             self._committing = None
 
     async def close(self) -> None:

@@ -165,15 +165,20 @@ def recorded_at(n: int) -> str:
 
 
 def records(events: list[dict], first_seq: int = 1, recorded_by: str = "test") -> list[Record]:
-    """Records as the recorder would write them (validated, normalised), seq set."""
+    """Records as the recorder would write them (validated, normalised), seq set.
+
+    `case_version` counts each case's own records, as the recorder numbers them.
+    """
     out = []
+    versions: dict[str, int] = {}
     for n, raw in enumerate(events):
         event = decode_event(msgspec.json.encode(raw), TODAY)
+        versions[event.case_id] = versions.get(event.case_id, 0) + 1
         record = Record(
             seq=first_seq + n,
             recorded_at=recorded_at(first_seq + n),
             recorded_by=recorded_by,
-            case_version=n + 1,
+            case_version=versions[event.case_id],
             prev_hash=GENESIS,
             hash="0" * 64,
             event=event,  # type: ignore[arg-type]

@@ -12,8 +12,8 @@ from projections.columns import Rows
 from projections.queries import Reader
 from projections.status import derive_status
 from projections.store import ProjectionStore
-from tests.histories import TODAY, delivered, records
 from tests.helpers import event, opened
+from tests.histories import TODAY, delivered, records
 
 CASE = "ru-2024-pipeline"
 
@@ -28,6 +28,17 @@ def sample() -> list:
         event("remanded", CASE, "late", "2024-01-14", measure="house_arrest"),
     ])
     return recs
+
+
+def commit_slowly(store: ProjectionStore) -> None:
+    """Commits that take long, as they do under load."""
+    commit = store._transaction
+
+    def slowly(prepared):
+        time.sleep(0.2)
+        commit(prepared)
+
+    store._transaction = slowly  # type: ignore[method-assign]
 
 
 def test_a_record_delivered_twice_changes_nothing(tmp_path) -> None:
@@ -49,13 +60,7 @@ def test_a_batch_folded_while_the_one_before_commits_walks_what_that_one_holds(t
     log = delivered(recs)
     store = ProjectionStore(tmp_path / "p.duckdb")
     store.apply(log[:2])
-    slow = store._transaction
-
-    def slowly(prepared):  # commits that take long, as they do under load
-        time.sleep(0.2)
-        slow(prepared)
-
-    store._transaction = slowly  # type: ignore[method-assign]
+    commit_slowly(store)
     writer = ThreadPoolExecutor(1)
     first = store.prepare(log[2:3])
     committing = writer.submit(store.commit, first)
@@ -140,20 +145,10 @@ def test_one_batch_of_cases_folded_in_place_and_walked_again_writes_each_once(tm
         opened(new, occurred_on="2024-03-01"),
         event("released", busy, "busy-r", "2024-04-01", reason="sentence_served"),
     ])
-    versions: dict[str, int] = {}
-    for record in recs:  # records() numbers case_version across the list: per case here
-        versions[record.event.case_id] = versions.get(record.event.case_id, 0) + 1
-        record.case_version = versions[record.event.case_id]
     log = delivered(recs)
     store = ProjectionStore(tmp_path / "p.duckdb")
     store.apply(log[:2])
-    slow = store._transaction
-
-    def slowly(prepared):  # the history read of the next batch waits for this commit
-        time.sleep(0.2)
-        slow(prepared)
-
-    store._transaction = slowly  # type: ignore[method-assign]
+    commit_slowly(store)  # the history read of the next batch waits for each commit
     with ThreadPoolExecutor(1) as writer:
         committing = writer.submit(store.commit, store.prepare(log[2:3]))
         batch = store.prepare(log[3:])
