@@ -241,6 +241,8 @@ class RequestLog:
         """`CONNECT host:443` or `GET http://host/...`: the hosts asked for."""
         found = set()
         for line in self.requests:
+            if not line.strip():
+                continue  # a connection closed before any request (a preconnect): no host asked for
             target = line.split()[1].decode() if len(line.split()) > 1 else ""
             found.add(target.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0])
         return found
