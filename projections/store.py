@@ -17,7 +17,10 @@ one (zone maps), rather than every stored event.
 
 `apply` is `prepare` (decode, fold, build the rows: Python) then `commit` (the
 DuckDB transaction, which releases the GIL): the projector prepares the next batch
-while the one before commits.
+while the one before commits. A case walked again then may have rows in a batch
+not yet committed: its history is what a snapshot of the file holds, with the rows
+of the batches prepared after that snapshot laid over it from memory, so the fold
+never waits for a commit.
 
 One process writes the file; readers in the same process use `reader()` cursors.
 """
@@ -34,6 +37,7 @@ from pathlib import Path
 import duckdb
 import msgspec
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from projections import case_status, charges, recognitions, timeline
 from projections.effective import in_force, versions
@@ -137,8 +141,8 @@ class ProjectionStore:
         self.folds: dict[str, CaseFold] = {}
         self.seqs: dict[str, array] = self._load_seqs()
         self._prepared = self.position  # the last seq prepared (committed, or about to be)
-        self._committed = threading.Condition()  # notified when `position` moves (or breaks)
-        self._history_after = self.position  # history reads wait until this is committed
+        self._uncommitted: list[Prepared] = []  # prepared, in log order, their commits not ended
+        self._lock = threading.Lock()  # `position`, `broken` and `_uncommitted` move together
         self._history_cursor = self.con.cursor()
         self.broken = False
 
@@ -177,7 +181,8 @@ class ProjectionStore:
         """Forget what memory holds and go on from what is committed (after a failure)."""
         self.folds.clear()
         self.seqs = self._load_seqs()
-        self._prepared = self._history_after = self.position
+        self._prepared = self.position
+        self._uncommitted.clear()
         self.broken = False
 
     def checkpoint(self) -> bool:
@@ -213,9 +218,9 @@ class ProjectionStore:
     def prepare(self, batch: Sequence[tuple[int, bytes]]) -> Prepared | None:
         """Fold the new records of a batch into rows, ready for `commit`.
 
-        It may run while the batch prepared before it commits (on another thread):
-        only its reads of stored history wait for that commit. After a failed
-        commit, `reset` first: the folds may hold what was never committed.
+        It may run while batches prepared before it commit (on another thread), or
+        before they do: `commit` them in the order they were prepared. After a
+        failed commit, `reset` first: the folds may hold what was never committed.
         """
         if self.broken:
             raise RuntimeError("a commit failed: reset the store first")
@@ -233,8 +238,6 @@ class ProjectionStore:
             last_seq = seq
         if not by_case:
             return None
-        # Its history reads must see every batch prepared before it, once committed.
-        self._history_after = self._prepared
         # Cases the store has never seen have no rows to replace: no deletes for them.
         new_cases = {case_id for case_id in by_case if case_id not in self.seqs}
         try:
@@ -250,20 +253,24 @@ class ProjectionStore:
                 seqs = self.seqs[case_id] = array("q")
             seqs.extend([item.record.seq for item in items])
         self._prepared = last_seq
+        with self._lock:
+            self._uncommitted.append(prepared)
         return prepared
 
     def commit(self, prepared: Prepared) -> int:
         """Write a prepared batch and the checkpoint in one transaction; return the checkpoint."""
+        with self._lock:
+            if self.broken or not self._uncommitted or self._uncommitted[0] is not prepared:
+                raise RuntimeError("not the next prepared batch (or a commit before it failed)")
         try:
             self._transaction(prepared)
         except BaseException:
-            with self._committed:
+            with self._lock:
                 self.broken = True
-                self._committed.notify_all()
             raise
-        with self._committed:
+        with self._lock:
             self.position = prepared.last_seq
-            self._committed.notify_all()
+            self._uncommitted.pop(0)
         return self.position
 
     def _fold(self, by_case: dict[str, list[_Item]]) -> _Changes:
@@ -285,9 +292,6 @@ class ProjectionStore:
                 continue
             self._apply_in_place(fold, items, days, changes)
         if again:
-            # The history read waits for the commit of the batch before: first turn what
-            # is folded so far into rows, the work that need not wait.
-            changes.settle()
             history = self._history(again)
             for case_id in again:
                 self._walk_again(case_id, history.get(case_id, []), by_case[case_id], changes)
@@ -337,26 +341,33 @@ class ProjectionStore:
                 changes.states.add(seq, version.state.value, version.corrected)
 
     def _history(self, case_ids: list[str]) -> dict[str, list[tuple]]:
-        """The stored rows of some cases, in log order, once the batches before are committed."""
-        with self._committed:
-            while self.position < self._history_after:
-                if self.broken:
-                    raise RuntimeError("the commit of the batch before failed")
-                self._committed.wait()
-        wanted = [seq for case_id in case_ids for seq in self.seqs.get(case_id, ())]
+        """The rows of some cases, in log order, as every batch prepared so far leaves them."""
+        wanted = pa.array([seq for case_id in case_ids for seq in self.seqs.get(case_id, ())], pa.int64())
         found: dict[str, list[tuple]] = {}
-        if not wanted:
+        if not len(wanted):
             return found
+        with self._lock:
+            if self.broken:
+                raise RuntimeError("the commit of a batch before failed")
+            uncommitted = list(self._uncommitted)
         cur = self._history_cursor
-        cur.register("_wanted_seqs", pa.table({"seq": pa.array(wanted, pa.int64())}))
+        cur.register("_wanted_seqs", pa.table({"seq": wanted}))
         try:
-            rows = cur.execute(
-                "SELECT t.case_id, t.record_seq, t.recorded_at, t.recorded_by, t.event, t.state, "
-                "t.corrected FROM _wanted_seqs w JOIN timeline t ON t.record_seq = w.seq "
-                "ORDER BY t.record_seq"
-            ).fetchall()
+            cur.execute("BEGIN TRANSACTION")  # the rows and the checkpoint of one snapshot
+            try:
+                snapshot = checkpoint_of(cur)
+                rows = cur.execute(
+                    f"SELECT {', '.join('t.' + c for c in HISTORY_COLUMNS)} FROM _wanted_seqs w "
+                    "JOIN timeline t ON t.record_seq = w.seq ORDER BY t.record_seq"
+                ).fetchall()
+            finally:
+                cur.execute("COMMIT")
         finally:
             cur.unregister("_wanted_seqs")
+        # Batches committed after the list was taken are in the snapshot: skipped here.
+        for batch in uncommitted:
+            if batch.last_seq > snapshot:
+                rows = _laid_over(rows, batch, wanted)
         for row in rows:
             found.setdefault(row[0], []).append(row[1:])
         return found
@@ -475,6 +486,23 @@ class _Changes:
                 recognitions.add_rows(self.recognition_rows, fold)
         for rows in (self.timeline, self.status_rows, self.charge_rows, self.recognition_rows):
             rows.flush()
+
+
+HISTORY_COLUMNS = ("case_id", "record_seq", "recorded_at", "recorded_by", "event", "state", "corrected")
+
+
+def _laid_over(rows: list[tuple], batch: Prepared, wanted: pa.Array) -> list[tuple]:
+    """History `rows` (of `HISTORY_COLUMNS`, in log order) with those `batch` adds.
+
+    The states the batch changed in earlier rows are not laid over: a state only
+    moves on (effective, superseded, retracted; `corrected` once set stays set), so
+    a walk that reads an older one still finds it differs and writes its own.
+    """
+    added = batch.timeline.filter(pc.is_in(batch.timeline["record_seq"], value_set=wanted))
+    if not added.num_rows:
+        return rows
+    added = added.sort_by("record_seq").select(list(HISTORY_COLUMNS))
+    return rows + list(zip(*(column.to_pylist() for column in added.columns)))
 
 
 def _in_order(fold: CaseFold, items: list[_Item]) -> list[dt.date | None] | None:

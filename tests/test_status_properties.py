@@ -131,15 +131,28 @@ def live_equals_rebuild(events: list[dict], rng: random.Random) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         live = ProjectionStore(Path(tmp) / "live.duckdb")
         position = 0
+        pending = None  # prepared, its commit not yet started (as while it waits for the writer)
         while position < len(log):
             size = rng.randint(1, 6)
             # Some records come again (a redelivery): they must change nothing.
             start = max(0, position - rng.randint(0, 2))
-            live.apply(log[start : position + size])
+            if pending is not None and rng.random() < 0.5:
+                live.commit(pending)
+                pending = None
+            # Else folded before the batch before it is committed, as the projector may.
+            prepared = live.prepare(log[start : position + size])
+            if pending is not None:
+                live.commit(pending)
+            pending = prepared
             position += size
             if rng.random() < 0.2:  # a restart: folds are gone, the file stays
+                if pending is not None:
+                    live.commit(pending)
+                    pending = None
                 live.close()
                 live = ProjectionStore(Path(tmp) / "live.duckdb")
+        if pending is not None:
+            live.commit(pending)
         rebuilt = ProjectionStore(":memory:")
         rebuilt.apply(log)
         assert live.position == rebuilt.position == len(log)

@@ -7,6 +7,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
+import pytest
 
 from projections.columns import Rows
 from projections.queries import Reader
@@ -107,6 +108,37 @@ def test_a_failed_batch_leaves_the_store_at_its_checkpoint(tmp_path) -> None:
     reopened.close()
 
 
+def test_a_batch_folded_over_one_whose_commit_fails_is_not_committed(tmp_path) -> None:
+    recs = sample()
+    log = delivered(recs)
+    store = ProjectionStore(tmp_path / "p.duckdb")
+    store.apply(log[:3])
+    commit = store._transaction
+    first = store.prepare(log[3:4])
+    second = store.prepare(log[4:5])  # walked again over rows of `first`, not yet committed
+    with pytest.raises(RuntimeError, match="not the next prepared batch"):
+        store.commit(second)  # out of order
+
+    def fails(prepared):
+        raise OSError("disk full")
+
+    store._transaction = fails  # type: ignore[method-assign]
+    with pytest.raises(OSError):
+        store.commit(first)
+    store._transaction = commit  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError):
+        store.commit(second)  # it was folded over rows that were never written
+    assert store.position == 3
+    store.reset()
+    assert store.apply(log) == 5
+    _, status = Reader(store).status(CASE, today=TODAY)
+    expected = derive_status(CASE, recs, on=TODAY)
+    assert status is not None and expected is not None
+    expected.as_of_seq = status.as_of_seq
+    assert status == expected
+    store.close()
+
+
 def test_readers_see_whole_batches_only(tmp_path) -> None:
     recs = sample()
     log = delivered(recs)
@@ -148,7 +180,7 @@ def test_one_batch_of_cases_folded_in_place_and_walked_again_writes_each_once(tm
     log = delivered(recs)
     store = ProjectionStore(tmp_path / "p.duckdb")
     store.apply(log[:2])
-    commit_slowly(store)  # the history read of the next batch waits for each commit
+    commit_slowly(store)  # still committing while the next batch is folded
     with ThreadPoolExecutor(1) as writer:
         committing = writer.submit(store.commit, store.prepare(log[2:3]))
         batch = store.prepare(log[3:])
@@ -179,3 +211,14 @@ def test_rows_turned_into_columns_early_keep_their_order() -> None:
     rows.add(3, "c")
     assert len(rows) == 3
     assert rows.table().to_pylist() == [{"n": 1, "s": "a"}, {"n": 2, "s": "b"}, {"n": 3, "s": "c"}]
+
+
+def test_text_given_as_utf8_bytes_is_stored_as_text_and_checked() -> None:
+    schema = pa.schema([pa.field("n", pa.int64()), pa.field("event", pa.string())])
+    rows = Rows(schema, utf8=("event",))
+    rows.add(1, '{"name":"Клоков"}'.encode())
+    assert rows.table().schema == schema
+    assert rows.table().to_pylist() == [{"n": 1, "event": '{"name":"Клоков"}'}]
+    rows.add(2, b'{"name":"\xd0"}')  # cut in the middle of a character
+    with pytest.raises(pa.ArrowInvalid):
+        rows.table()
