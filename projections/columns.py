@@ -33,14 +33,19 @@ class Rows:
 
     `flush()` turns the tuples so far into columns early (when there is time for it);
     `table()` is then those columns and the rest, end to end (no copy).
+
+    The text columns named in `utf8` take UTF-8 bytes (JSON as it was received):
+    they are copied as bytes and checked as UTF-8 in one go, three times faster
+    than pyarrow's conversion of bytes to text value by value.
     """
 
-    __slots__ = ("_flushed", "rows", "schema")
+    __slots__ = ("_flushed", "_types", "rows", "schema")
 
-    def __init__(self, schema: pa.Schema) -> None:
+    def __init__(self, schema: pa.Schema, *, utf8: tuple[str, ...] = ()) -> None:
         self.schema = schema
         self.rows: list[tuple] = []
         self._flushed: list[pa.Table] = []
+        self._types = [pa.binary() if field.name in utf8 else field.type for field in schema]
 
     def add(self, *values: object) -> None:
         self.rows.append(values)
@@ -60,8 +65,8 @@ class Rows:
         return self._flushed[0] if len(self._flushed) == 1 else pa.concat_tables(self._flushed)
 
     def _columns(self) -> pa.Table:
-        columns = zip(*self.rows)
-        return pa.Table.from_arrays(
-            [pa.array(column, type=field.type) for column, field in zip(columns, self.schema)],
-            schema=self.schema,
-        )
+        arrays = []
+        for column, field, given in zip(zip(*self.rows), self.schema, self._types):
+            array = pa.array(column, type=given)
+            arrays.append(array if given == field.type else array.cast(field.type))
+        return pa.Table.from_arrays(arrays, schema=self.schema)

@@ -144,7 +144,7 @@ def add_fact_row(rows: Rows, record: Stored, event: EventBase, event_json: bytes
 
 
 def rows() -> Rows:
-    return Rows(SCHEMA)
+    return Rows(SCHEMA, utf8=("event",))  # the event JSON, as the log holds it
 
 
 def state_rows() -> Rows:
