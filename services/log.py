@@ -168,11 +168,14 @@ class LogReader:
         """A bounded reader has received (not necessarily handed out) its last record."""
         return self.stop_seq is not None and (self._stopping is not None or self.stop_seq < self.start_seq)
 
-    async def take(self, max_batch: int = 5000) -> list[tuple[int, bytes]] | None:
-        """What has arrived (waiting for the first record), up to `max_batch`; None at `stop_seq`."""
+    async def take(self, max_batch: int = 5000, *, full: bool = False) -> list[tuple[int, bytes]] | None:
+        """What has arrived (waiting for the first record), up to `max_batch`; None at `stop_seq`.
+
+        `full`: a bounded reader waits for `max_batch` records, or for its last.
+        """
         if self.stop_seq is not None and self.position >= self.stop_seq:
             return None  # (so is a reader whose stop is before its start)
-        while not self._buffer:
+        while not self._buffer or (full and len(self._buffer) < max_batch and not self.received_all):
             self._ready.clear()
             await self._ready.wait()
         batch = self._buffer[:max_batch]

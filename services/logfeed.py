@@ -11,10 +11,12 @@ is buffered stays bounded, however long the log); near it, they follow it. The
 next window is read once the one before has arrived, while it is handed on: two
 windows at most are held, and the projector never waits for a window to start.
 
-Batches are asked for, one at a time, when the projector is ready to fold the
-next (a credit byte on the child's stdin): the reader hands on what has arrived
-by then (up to MAX_BATCH records), so that what arrives while the projector is
-busy gathers into one batch, small at the head of the log and large catching up.
+Batches are asked for one at a time (a credit byte on the child's stdin): the
+reader hands on what has arrived by then (up to MAX_BATCH records). Following the
+head, a batch is asked for when the projector is ready to fold it, so that what
+arrives while the projector is busy gathers into one batch; catching up, the next
+is asked for as soon as one arrives, so that it crosses the pipe while this one
+is folded.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ async def follow(
     position = start_seq - 1
     js = nc.jetstream()
     owed = False  # asked for a batch not yet handed on (a window ended first)
+    first = True  # the first batch goes as soon as anything has arrived: progress shows early
     while True:
         reader: LogReader | None = None
         ahead: LogReader | None = None  # the next window, read while this one is handed on
@@ -82,7 +85,8 @@ async def follow(
                 if not owed:
                     await _asked(asked)
                     owed = True
-                batch = await reader.take(MAX_BATCH)
+                # Far behind, whole batches: each costs a commit (and a read of history).
+                batch = await reader.take(MAX_BATCH, full=reader.stop_seq is not None and not first)
                 if batch is None:  # a window handed on: on to the next, already arriving
                     rate = (reader.position - reader.start_seq + 1) / max(time.monotonic() - started, 1e-6)
                     log.info("read the log to seq %d (%.0f records/s)", reader.position, rate)
@@ -94,7 +98,7 @@ async def follow(
                     await hand_on(batch, reader.stop_seq is None)
                 except Exception as exc:
                     raise HandOnFailed(str(exc)) from exc
-                owed = False
+                owed = first = False
                 position = batch[-1][0]
                 if reader.stop_seq is None and len(batch) >= MAX_BATCH:
                     break  # fallen behind while following: back to bounded windows
@@ -162,9 +166,14 @@ class InlineFeed:
             await self._nc.close()
 
     async def batches(self) -> AsyncIterator[Batch]:
+        asked = False
         while True:
-            self._asks.put_nowait(None)
+            if not asked:
+                self._asks.put_nowait(None)
             batch, self.at_head = await self._queue.get()
+            asked = not self.at_head  # catching up: the next, while this one is folded
+            if asked:
+                self._asks.put_nowait(None)
             yield batch
 
 
@@ -226,14 +235,16 @@ class ChildFeed:
         loop = asyncio.get_running_loop()
         while True:
             # Cancelled meanwhile, __aexit__ waits for the read in hand.
-            self._pending = loop.run_in_executor(self._receiver, self._receive)
+            if self._pending is None:
+                self._pending = loop.run_in_executor(self._receiver, self._receive)
             try:
                 batch, self.at_head = await self._pending
             except (EOFError, OSError, ValueError):
                 self._pending = None
                 code = self._process.poll() if self._process is not None else None
                 raise ConnectionError(f"the log reader process ended (exit code {code})") from None
-            self._pending = None
+            # Catching up: the next batch is read while this one is folded.
+            self._pending = None if self.at_head else loop.run_in_executor(self._receiver, self._receive)
             yield batch
 
 

@@ -64,7 +64,7 @@ async def test_a_reader_connection_reads_every_record_in_order(
 async def test_follow_hands_on_every_record_once_across_windows_then_follows_the_head(
     nc: nats.NATS, streams: None, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Far behind: windows of 100 (the next one read while one is handed on); then the head."""
+    """Far behind: windows of 100 in whole batches (the next window read while one is handed on); then the head."""
     monkeypatch.setattr(logfeed, "MAX_BATCH", 40)
     js = nc.jetstream()
 
@@ -79,12 +79,14 @@ async def test_follow_hands_on_every_record_once_across_windows_then_follows_the
     await publish(1, 1000)
     got: list[tuple[int, bytes]] = []
     at_head: list[bool] = []
+    sizes: list[int] = []
     enough = asyncio.Event()
 
     async def hand_on(batch: logfeed.Batch, head: bool) -> None:
         assert len(batch) <= 40
         got.extend(batch)
         at_head.append(head)
+        sizes.append(len(batch))
         if len(got) >= 1010:
             enough.set()
 
@@ -107,3 +109,37 @@ async def test_follow_hands_on_every_record_once_across_windows_then_follows_the
     assert [seq for seq, _ in got] == list(range(1, 1011))
     assert [int(data) for _, data in got] == list(range(1, 1011))
     assert not at_head[0] and at_head[-1]
+    # Each batch far behind costs the projector a commit: none is handed on part-filled
+    # (but the first, which goes as soon as anything has arrived).
+    behind = [size for size, head in zip(sizes, at_head) if not head]
+    in_first_window = next(n for n in range(1, len(behind) + 1) if sum(behind[:n]) == 100)
+    assert behind[1:in_first_window] == [40] * (in_first_window - 2) + [(100 - behind[0]) % 40 or 40]
+    assert behind[in_first_window:] == [40, 40, 20] * 9
+
+
+class _Delivered:
+    """What `LogReader` reads of a message: its ack subject (for the seq) and its data."""
+
+    def __init__(self, seq: int) -> None:
+        self.reply = f"$JS.ACK.CASETRAIL_LOG.reader.{seq}.{seq}.1.0.0"
+        self.data = str(seq).encode()
+
+
+async def test_a_bounded_reader_hands_on_whole_batches_then_its_last_records() -> None:
+    reader = LogReader(None, start_seq=1, stop_seq=50)  # type: ignore[arg-type]  # fed by hand below
+    for seq in range(1, 11):
+        await reader._on_msg(_Delivered(seq))  # type: ignore[arg-type]
+    partial = await reader.take(20)
+    assert [seq for seq, _ in partial] == list(range(1, 11))  # what has arrived, by default
+    taking = asyncio.create_task(reader.take(20, full=True))
+    for seq in range(11, 31):
+        await asyncio.sleep(0.01)
+        assert not taking.done()  # still short of a whole batch
+        await reader._on_msg(_Delivered(seq))  # type: ignore[arg-type]
+    assert [seq for seq, _ in await taking] == list(range(11, 31))
+    taking = asyncio.create_task(reader.take(40, full=True))
+    for seq in range(31, 51):
+        await reader._on_msg(_Delivered(seq))  # type: ignore[arg-type]
+    # Short of 40, but the reader's last record has come: nothing more will.
+    assert [seq for seq, _ in await asyncio.wait_for(taking, 5)] == list(range(31, 51))
+    assert await reader.take(40, full=True) is None
