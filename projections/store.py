@@ -357,7 +357,7 @@ class ProjectionStore:
             try:
                 snapshot = checkpoint_of(cur)
                 rows = cur.execute(
-                    f"SELECT {', '.join('t.' + c for c in HISTORY_COLUMNS)} FROM _wanted_seqs w "
+                    f"SELECT {', '.join('t.' + c for c in WALKED_COLUMNS)} FROM _wanted_seqs w "
                     "JOIN timeline t ON t.record_seq = w.seq ORDER BY t.record_seq"
                 ).fetchall()
             finally:
@@ -488,11 +488,12 @@ class _Changes:
             rows.flush()
 
 
-HISTORY_COLUMNS = ("case_id", "record_seq", "recorded_at", "recorded_by", "event", "state", "corrected")
+# What a case walked again reads of each of its stored rows.
+WALKED_COLUMNS = ("case_id", "record_seq", "recorded_at", "recorded_by", "event", "state", "corrected")
 
 
 def _laid_over(rows: list[tuple], batch: Prepared, wanted: pa.Array) -> list[tuple]:
-    """History `rows` (of `HISTORY_COLUMNS`, in log order) with those `batch` adds.
+    """History `rows` (of `WALKED_COLUMNS`, in log order) with those `batch` adds.
 
     The states the batch changed in earlier rows are not laid over: a state only
     moves on (effective, superseded, retracted; `corrected` once set stays set), so
@@ -501,7 +502,7 @@ def _laid_over(rows: list[tuple], batch: Prepared, wanted: pa.Array) -> list[tup
     added = batch.timeline.filter(pc.is_in(batch.timeline["record_seq"], value_set=wanted))
     if not added.num_rows:
         return rows
-    added = added.sort_by("record_seq").select(list(HISTORY_COLUMNS))
+    added = added.sort_by("record_seq").select(list(WALKED_COLUMNS))
     return rows + list(zip(*(column.to_pylist() for column in added.columns)))
 
 

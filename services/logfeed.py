@@ -11,12 +11,13 @@ is buffered stays bounded, however long the log); near it, they follow it. The
 next window is read once the one before has arrived, while it is handed on: two
 windows at most are held, and the projector never waits for a window to start.
 
-Batches are asked for one at a time (a credit byte on the child's stdin): the
-reader hands on what has arrived by then (up to MAX_BATCH records). Following the
-head, a batch is asked for when the projector is ready to fold it, so that what
-arrives while the projector is busy gathers into one batch; catching up, the next
-is asked for as soon as one arrives, so that it crosses the pipe while this one
-is folded.
+Batches are asked for one at a time (a credit byte on the child's stdin).
+Following the head, a batch is asked for when the projector is ready to fold it,
+and the reader hands on what has arrived by then (up to MAX_BATCH records), so
+that what arrives while the projector is busy gathers into one batch. Catching up,
+the next is asked for as soon as one arrives, so that it crosses the pipe while
+this one is folded, and is handed on whole (MAX_BATCH records, or the rest of a
+window): every batch costs a commit. The first goes as soon as anything has arrived.
 """
 
 from __future__ import annotations
