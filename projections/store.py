@@ -140,7 +140,6 @@ class ProjectionStore:
         self.position: int = checkpoint_of(self.con)
         self.folds: dict[str, CaseFold] = {}
         self.seqs: dict[str, array] = self._load_seqs()
-        self._prepared = self.position  # the last seq prepared (committed, or about to be)
         self._uncommitted: list[Prepared] = []  # prepared, in log order, their commits not ended
         self._lock = threading.Lock()  # `position`, `broken` and `_uncommitted` move together
         self._history_cursor = self.con.cursor()
@@ -181,7 +180,6 @@ class ProjectionStore:
         """Forget what memory holds and go on from what is committed (after a failure)."""
         self.folds.clear()
         self.seqs = self._load_seqs()
-        self._prepared = self.position
         self._uncommitted.clear()
         self.broken = False
 
@@ -225,7 +223,8 @@ class ProjectionStore:
         if self.broken:
             raise RuntimeError("a commit failed: reset the store first")
         by_case: dict[str, list[_Item]] = {}
-        last_seq = self._prepared
+        with self._lock:  # the last seq prepared: committed, or about to be
+            last_seq = self._uncommitted[-1].last_seq if self._uncommitted else self.position
         for seq, data in batch:
             if seq <= last_seq:
                 continue  # delivered again: already applied
@@ -252,7 +251,6 @@ class ProjectionStore:
             if seqs is None:
                 seqs = self.seqs[case_id] = array("q")
             seqs.extend([item.record.seq for item in items])
-        self._prepared = last_seq
         with self._lock:
             self._uncommitted.append(prepared)
         return prepared
