@@ -11,7 +11,7 @@ import pytest
 
 from projections.columns import Rows
 from projections.queries import Reader
-from projections.status import derive_status
+from projections.status import CaseStatus, derive_status
 from projections.store import ProjectionStore
 from tests.helpers import event, opened
 from tests.histories import TODAY, delivered, records
@@ -29,6 +29,16 @@ def sample() -> list:
         event("remanded", CASE, "late", "2024-01-14", measure="house_arrest"),
     ])
     return recs
+
+
+def assert_status_is_derived(store: ProjectionStore, case_id: str, recs: list) -> CaseStatus:
+    """The stored status of a case is what the derivation gives from its records."""
+    _, status = Reader(store).status(case_id, today=TODAY)
+    expected = derive_status(case_id, [r for r in recs if r.event.case_id == case_id], on=TODAY)
+    assert status is not None and expected is not None
+    expected.as_of_seq = status.as_of_seq
+    assert status == expected
+    return status
 
 
 def commit_slowly(store: ProjectionStore) -> None:
@@ -73,11 +83,7 @@ def test_a_batch_folded_while_the_one_before_commits_walks_what_that_one_holds(t
     committing.result()
     store.commit(third)
     writer.shutdown()
-    _, status = Reader(store).status(CASE, today=TODAY)
-    expected = derive_status(CASE, recs, on=TODAY)
-    assert status is not None and expected is not None
-    expected.as_of_seq = status.as_of_seq
-    assert status == expected
+    status = assert_status_is_derived(store, CASE, recs)
     assert (status.custody, status.stage, status.events) == ("at_liberty", "investigation", 5)
     store.close()
 
@@ -131,11 +137,7 @@ def test_a_batch_folded_over_one_whose_commit_fails_is_not_committed(tmp_path) -
     assert store.position == 3
     store.reset()
     assert store.apply(log) == 5
-    _, status = Reader(store).status(CASE, today=TODAY)
-    expected = derive_status(CASE, recs, on=TODAY)
-    assert status is not None and expected is not None
-    expected.as_of_seq = status.as_of_seq
-    assert status == expected
+    assert_status_is_derived(store, CASE, recs)
     store.close()
 
 
@@ -191,13 +193,8 @@ def test_one_batch_of_cases_folded_in_place_and_walked_again_writes_each_once(tm
         (seq,) for seq in range(1, 8)
     ]
     assert sorted(cur.execute("SELECT case_id FROM case_status").fetchall()) == [(busy,), (late,), (new,)]
-    reader = Reader(store)
     for case_id in (busy, late, new):
-        _, status = reader.status(case_id, today=TODAY)
-        expected = derive_status(case_id, [r for r in recs if r.event.case_id == case_id], on=TODAY)
-        assert status is not None and expected is not None
-        expected.as_of_seq = status.as_of_seq
-        assert status == expected
+        assert_status_is_derived(store, case_id, recs)
     store.close()
 
 
