@@ -4,8 +4,9 @@ One row per record of the log. The rows in state `effective` are the case's
 timeline (one per effective event, in (sort_date, seq) order); corrected versions
 stay as `superseded` rows, versions of retracted events as `retracted`, and the
 amendments themselves are rows too, so the history of what the record said is
-kept. `event` holds the submitted event as the log stored it (JSON): the
-bitemporal queries and the walk of a case from its history read it back.
+kept. `event` holds the submitted event as the log stored it (JSON): timeline
+queries, the bitemporal ones and the walk of a case from its history read it back
+and derive the versions again (the other columns are for SQL and reports).
 
 A row of a correction shows the replacement; its `seq` and `event_id` are those
 of the event it corrects, its `recorded_at` the time the correction was recorded.
@@ -173,17 +174,8 @@ class HistoryEntry(Entry, kw_only=True):
     state: str
 
 
-# What a stored row gives for an Entry; a correction row's sources are the replacement's.
-ENTRY_COLUMNS = (
-    "seq, event_id, type, occurred_on, circa, summary, "
-    "CAST(CASE WHEN kind = 'correction' THEN json_extract(event, '$.replacement.sources') "
-    "ELSE json_extract(event, '$.sources') END AS VARCHAR) AS sources, recorded_at, corrected"
-)
-HISTORY_COLUMNS = ENTRY_COLUMNS + ", record_seq, kind, state"
-
-
 def entry(version: Version, history: bool = False) -> Entry:
-    """The timeline line of a version, computed (the bitemporal path)."""
+    """The timeline line of a version."""
     shown = content(version)
     fields = dict(
         seq=version.seq,
@@ -200,24 +192,4 @@ def entry(version: Version, history: bool = False) -> Entry:
         return HistoryEntry(
             **fields, record_seq=version.record.seq, kind=version.kind.value, state=version.state.value
         )
-    return Entry(**fields)
-
-
-def entry_from_row(row: tuple, history: bool = False) -> Entry:
-    """The timeline line of a stored row (columns ENTRY_COLUMNS or HISTORY_COLUMNS)."""
-    seq, event_id, type_, occurred_on, circa, text, sources, recorded_at, corrected = row[:9]
-    fields = dict(
-        seq=seq,
-        event_id=event_id,
-        type=type_,
-        occurred_on=occurred_on,
-        circa=circa,
-        summary=text,
-        sources=msgspec.Raw(sources.encode()),
-        recorded_at=recorded_at,
-        corrected=corrected,
-    )
-    if history:
-        record_seq, kind, state = row[9:12]
-        return HistoryEntry(**fields, record_seq=record_seq, kind=kind, state=state)
     return Entry(**fields)
