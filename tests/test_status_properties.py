@@ -4,7 +4,8 @@
   today, on any past date, and as the log stood at any moment;
 - the status and the timeline do not depend on the order the non-opening events arrived in;
 - the projection the store builds batch by batch (with restarts) equals a rebuild
-  in one go, and both equal the pure derivation.
+  in one go, and both equal the pure derivation; so do the `timeline` table's rows
+  (read by SQL and reports) and the timeline queries (derived from the records).
 """
 
 from __future__ import annotations
@@ -167,5 +168,29 @@ def live_equals_rebuild(events: list[dict], rng: random.Random) -> None:
                 assert stored is not None
                 expected.as_of_seq = stored.as_of_seq
                 assert stored == expected
+            assert_timeline_table_matches_the_query(live, reader, case_id)
         live.close()
         rebuilt.close()
+
+
+def assert_timeline_table_matches_the_query(store: ProjectionStore, reader: Reader, case_id: str) -> None:
+    """The stored rows say what the derived answers say: lines in force, and every version."""
+    cur = store.reader()
+    effective_rows = cur.execute(
+        "SELECT seq, event_id, type, occurred_on, circa, summary, recorded_at, corrected FROM timeline "
+        "WHERE case_id = ? AND state = 'effective' ORDER BY sort_date, seq",
+        [case_id],
+    ).fetchall()
+    _, lines = reader.timeline(case_id)
+    assert [
+        (e.seq, e.event_id, e.type, e.occurred_on, e.circa, e.summary, e.recorded_at, e.corrected)
+        for e in lines or []
+    ] == effective_rows
+    every_row = cur.execute(
+        "SELECT record_seq, seq, event_id, kind, state, corrected FROM timeline WHERE case_id = ? ORDER BY record_seq",
+        [case_id],
+    ).fetchall()
+    _, history_lines = reader.timeline(case_id, history=True)
+    assert [
+        (e.record_seq, e.seq, e.event_id, e.kind, e.state, e.corrected) for e in history_lines or []
+    ] == every_row
