@@ -5,9 +5,9 @@ projection tables. With either, the case is walked again from its stored records
 with the same pure derivation the projector uses (`projections.status`), keeping
 only what the question allows: records recorded at or before `known_at`,
 effective events on or before `on`. A timeline is always derived from the case's
-stored records (`projections.effective`): reading the four columns of a case's
-rows costs less than reading the thirteen its stored lines would need. Every answer is read in one snapshot together with the checkpoint,
-so `as_of_seq` names exactly the log position the answer reflects.
+stored records (`projections.effective`; `Reader._case_records` says why). Every
+answer is read in one snapshot together with the checkpoint, so `as_of_seq` names
+exactly the log position the answer reflects.
 """
 
 from __future__ import annotations

@@ -168,14 +168,14 @@ def live_equals_rebuild(events: list[dict], rng: random.Random) -> None:
                 assert stored is not None
                 expected.as_of_seq = stored.as_of_seq
                 assert stored == expected
-            assert_timeline_table_matches_the_query(live, reader, case_id)
+            assert_timeline_table_matches_the_query(reader, case_id)
         live.close()
         rebuilt.close()
 
 
-def assert_timeline_table_matches_the_query(store: ProjectionStore, reader: Reader, case_id: str) -> None:
+def assert_timeline_table_matches_the_query(reader: Reader, case_id: str) -> None:
     """The stored rows say what the derived answers say: lines in force, and every version."""
-    cur = store.reader()
+    cur = reader.cur
     effective_rows = cur.execute(
         "SELECT seq, event_id, type, occurred_on, circa, summary, recorded_at, corrected FROM timeline "
         "WHERE case_id = ? AND state = 'effective' ORDER BY sort_date, seq",
