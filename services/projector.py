@@ -172,7 +172,14 @@ class Projector:
                 await asyncio.sleep(RETRY_S)
 
     async def _pipeline(self) -> None:
-        """Fold batch N+1 (Python) while batch N commits (DuckDB, outside the GIL)."""
+        """Fold batch N+1 (Python) while batch N commits (DuckDB, outside the GIL).
+
+        Catching up, that keeps both threads busy. Following the head, batches are
+        small and their commits cost far more than their folds: the next batch is
+        taken once the commit in hand has ended, so that what arrived meanwhile is
+        committed next rather than after one more commit (measured at 1,000 events/s
+        over 1M: ack to visible p50 ~40 -> ~18 ms).
+        """
         assert self.store is not None
         store = self.store
         loop = asyncio.get_running_loop()
@@ -182,14 +189,15 @@ class Projector:
             async with self._feed(self.settings, self.position + 1) as feed:
                 async for batch in feed.batches():
                     await pipeline.add(batch, freeze=feed.at_head and catching_up)
-                    if feed.at_head and catching_up:
+                    if not feed.at_head:
+                        catching_up = True
+                        continue
+                    await pipeline.drain()
+                    if catching_up:
                         # Caught up: write the catch-up's WAL into the file now, rather
                         # than at some later commit that readers would wait for.
                         catching_up = False
-                        await pipeline.drain()
                         await loop.run_in_executor(self._writer, store.checkpoint)
-                    elif not feed.at_head:
-                        catching_up = True
         finally:
             await pipeline.close()
 
