@@ -7,6 +7,8 @@ in one go (DuckDB inserts an Arrow table in bulk; row-by-row inserts are ~600x s
 
 from __future__ import annotations
 
+from operator import itemgetter
+
 import pyarrow as pa
 
 _SQL_TYPES = {
@@ -29,44 +31,37 @@ def ddl(table: str, schema: pa.Schema) -> str:
 
 
 class Rows:
-    """Tuples in the order of `schema`, turned into one Arrow table.
+    """Tuples in the order of `schema`, turned into one Arrow table by `table()`.
 
-    `flush()` turns the tuples so far into columns early (when there is time for it);
-    `table()` is then those columns and the rest, end to end (no copy).
+    `table()` only reads the tuples: one thread may build the table (the
+    projector's writer, at commit) while another reads the rows (a fold laying a
+    batch not yet committed over the history it reads).
 
     The text columns named in `utf8` take UTF-8 bytes (JSON as it was received):
     they are copied as bytes and checked as UTF-8 in one go, three times faster
     than pyarrow's conversion of bytes to text value by value.
     """
 
-    __slots__ = ("_flushed", "_types", "rows", "schema")
+    __slots__ = ("_types", "rows", "schema")
 
     def __init__(self, schema: pa.Schema, *, utf8: tuple[str, ...] = ()) -> None:
         self.schema = schema
         self.rows: list[tuple] = []
-        self._flushed: list[pa.Table] = []
         self._types = [pa.binary() if field.name in utf8 else field.type for field in schema]
 
     def add(self, *values: object) -> None:
         self.rows.append(values)
 
     def __len__(self) -> int:
-        return len(self.rows) + sum(t.num_rows for t in self._flushed)
-
-    def flush(self) -> None:
-        if self.rows:
-            self._flushed.append(self._columns())
-            self.rows = []
+        return len(self.rows)
 
     def table(self) -> pa.Table:
-        self.flush()
-        if not self._flushed:
+        rows = self.rows
+        if not rows:
             return self.schema.empty_table()
-        return self._flushed[0] if len(self._flushed) == 1 else pa.concat_tables(self._flushed)
-
-    def _columns(self) -> pa.Table:
         arrays = []
-        for column, field, given in zip(zip(*self.rows), self.schema, self._types):
-            array = pa.array(column, type=given)
+        for i, (field, given) in enumerate(zip(self.schema, self._types)):
+            # A column at a time (itemgetter in C): half the time of transposing with zip(*rows).
+            array = pa.array(list(map(itemgetter(i), rows)), type=given)
             arrays.append(array if given == field.type else array.cast(field.type))
         return pa.Table.from_arrays(arrays, schema=self.schema)

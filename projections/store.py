@@ -32,14 +32,15 @@ import logging
 import threading
 from array import array
 from collections.abc import Sequence
+from operator import itemgetter
 from pathlib import Path
 
 import duckdb
 import msgspec
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from projections import case_status, charges, recognitions, timeline
+from projections.columns import Rows
 from projections.effective import in_force, versions
 from projections.status import NEUTRAL, CaseFold, walk
 from projections.timeline import Stored
@@ -48,8 +49,8 @@ from schemas.events import (
     AMENDMENT_TYPES,
     Charged,
     ChargesAmended,
-    Recognized,
     RecognitionWithdrawn,
+    Recognized,
     event_decoder,
 )
 
@@ -101,7 +102,7 @@ _delivered = msgspec.json.Decoder(_Delivered)
 class _Item:
     """One new record of a batch: decoded, with its event's JSON as stored."""
 
-    __slots__ = ("record", "case_version", "event_json")
+    __slots__ = ("case_version", "event_json", "record")
 
     def __init__(self, seq: int, data: bytes) -> None:
         envelope = _delivered.decode(data)
@@ -340,10 +341,11 @@ class ProjectionStore:
 
     def _history(self, case_ids: list[str]) -> dict[str, list[tuple]]:
         """The rows of some cases, in log order, as every batch prepared so far leaves them."""
-        wanted = pa.array([seq for case_id in case_ids for seq in self.seqs.get(case_id, ())], pa.int64())
+        seqs = [seq for case_id in case_ids for seq in self.seqs.get(case_id, ())]
         found: dict[str, list[tuple]] = {}
-        if not len(wanted):
+        if not seqs:
             return found
+        wanted = pa.array(seqs, pa.int64())
         with self._lock:
             if self.broken:
                 raise RuntimeError("the commit of a batch before failed")
@@ -363,26 +365,29 @@ class ProjectionStore:
         finally:
             cur.unregister("_wanted_seqs")
         # Batches committed after the list was taken are in the snapshot: skipped here.
-        for batch in uncommitted:
-            if batch.last_seq > snapshot:
-                rows = _laid_over(rows, batch, wanted)
+        later = [batch for batch in uncommitted if batch.last_seq > snapshot]
+        if later:
+            wanted_seqs = set(seqs)
+            for batch in later:
+                rows = _laid_over(rows, batch, wanted_seqs)
         for row in rows:
             found.setdefault(row[0], []).append(row[1:])
         return found
 
     def _tables(self, last_seq: int, changes: _Changes, new_cases: set[str]) -> Prepared:
-        """The rows a batch writes, as Arrow tables (built from the folds as they are now)."""
+        """The rows a batch writes, built from the folds as they are now (tuples: the
+        writer thread turns them into Arrow tables, off the fold's critical path)."""
         changes.settle()
         return Prepared(
             last_seq=last_seq,
-            timeline=changes.timeline.table(),
-            states=changes.states.table() if len(changes.states) else None,
+            timeline=changes.timeline,
+            states=changes.states,
             status_cases=[c for c in changes.status if c not in new_cases],
-            status=changes.status_rows.table(),
+            status=changes.status_rows,
             charge_cases=[c for c in changes.charges if c not in new_cases],
-            charges=changes.charge_rows.table(),
+            charges=changes.charge_rows,
             recognition_cases=[c for c in changes.recognitions if c not in new_cases],
-            recognitions=changes.recognition_rows.table(),
+            recognitions=changes.recognition_rows,
         )
 
     def _transaction(self, p: Prepared) -> None:
@@ -390,8 +395,8 @@ class ProjectionStore:
         con.execute("BEGIN TRANSACTION")
         try:
             self._insert(timeline.NAME, p.timeline)
-            if p.states is not None:
-                con.register("_new_states", p.states)
+            if len(p.states):
+                con.register("_new_states", p.states.table())
                 con.execute(
                     "UPDATE timeline SET state = s.state, corrected = s.corrected "
                     "FROM _new_states s WHERE timeline.record_seq = s.record_seq"
@@ -425,38 +430,38 @@ class ProjectionStore:
         finally:
             self.con.unregister("_changed_cases")
 
-    def _insert(self, table: str, rows: pa.Table) -> None:
-        if rows.num_rows:
-            self.con.from_arrow(rows).insert_into(table)
+    def _insert(self, table: str, rows: Rows) -> None:
+        if len(rows):
+            self.con.from_arrow(rows.table()).insert_into(table)
 
 
 class Prepared(msgspec.Struct, kw_only=True):
     """One batch, folded: the rows it writes and the cases whose rows it replaces."""
 
     last_seq: int
-    timeline: pa.Table
-    states: pa.Table | None
+    timeline: Rows
+    states: Rows  # of stored timeline rows
     status_cases: list[str]  # whose stored rows the new ones replace
-    status: pa.Table
+    status: Rows
     charge_cases: list[str]
-    charges: pa.Table
+    charges: Rows
     recognition_cases: list[str]
-    recognitions: pa.Table
+    recognitions: Rows
 
 
 class _Changes:
     """What one batch changes, gathered before the transaction that writes it."""
 
     __slots__ = (
-        "timeline",
+        "_settled",
+        "charge_rows",
+        "charges",
+        "recognition_rows",
+        "recognitions",
         "states",
         "status",
-        "charges",
-        "recognitions",
         "status_rows",
-        "charge_rows",
-        "recognition_rows",
-        "_settled",
+        "timeline",
     )
 
     def __init__(self) -> None:
@@ -471,7 +476,7 @@ class _Changes:
         self._settled = 0  # the cases of `status` whose rows are built
 
     def settle(self) -> None:
-        """Build the rows of the cases folded since the last call, and turn rows into columns."""
+        """Build the rows of the cases folded since the last call."""
         added = list(self.status.items())[self._settled :]
         self._settled = len(self.status)
         for case_id, (fold, updated_seq) in added:
@@ -482,26 +487,30 @@ class _Changes:
                 charges.add_rows(self.charge_rows, fold)
             if case_id in self.recognitions:
                 recognitions.add_rows(self.recognition_rows, fold)
-        for rows in (self.timeline, self.status_rows, self.charge_rows, self.recognition_rows):
-            rows.flush()
 
 
 # What a case walked again reads of each of its stored rows.
 WALKED_COLUMNS = ("case_id", "record_seq", "recorded_at", "recorded_by", "event", "state", "corrected")
 
 
-def _laid_over(rows: list[tuple], batch: Prepared, wanted: pa.Array) -> list[tuple]:
+_WALKED = [timeline.SCHEMA.names.index(name) for name in WALKED_COLUMNS]
+_RECORD_SEQ = timeline.SCHEMA.names.index("record_seq")
+
+
+def _laid_over(rows: list[tuple], batch: Prepared, wanted: set[int]) -> list[tuple]:
     """History `rows` (of `WALKED_COLUMNS`, in log order) with those `batch` adds.
 
     The states the batch changed in earlier rows are not laid over: a state only
     moves on (effective, superseded, retracted; `corrected` once set stays set), so
     a walk that reads an older one still finds it differs and writes its own.
     """
-    added = batch.timeline.filter(pc.is_in(batch.timeline["record_seq"], value_set=wanted))
-    if not added.num_rows:
+    added = sorted(
+        (row for row in batch.timeline.rows if row[_RECORD_SEQ] in wanted), key=itemgetter(_RECORD_SEQ)
+    )
+    if not added:
         return rows
-    added = added.sort_by("record_seq").select(list(WALKED_COLUMNS))
-    return rows + list(zip(*(column.to_pylist() for column in added.columns)))
+    pick = itemgetter(*_WALKED)
+    return rows + [pick(row) for row in added]
 
 
 def _in_order(fold: CaseFold, items: list[_Item]) -> list[dt.date | None] | None:

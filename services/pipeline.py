@@ -80,6 +80,6 @@ class Pipeline:
 def _commit(store: ProjectionStore, prepared: Prepared) -> int:
     started = time.perf_counter()
     position = store.commit(prepared)
-    APPLY.observe(prepared.timeline.num_rows, time.perf_counter() - started)  # for /metrics
-    log.debug("committed %d records in %.1f ms", prepared.timeline.num_rows, (time.perf_counter() - started) * 1000)
+    APPLY.observe(len(prepared.timeline), time.perf_counter() - started)  # for /metrics
+    log.debug("committed %d records in %.1f ms", len(prepared.timeline), (time.perf_counter() - started) * 1000)
     return position
