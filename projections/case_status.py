@@ -40,8 +40,10 @@ SCHEMA = pa.schema(
 
 DDL = [
     ddl(NAME, SCHEMA),
-    # Status by case, and the deletes of each batch, are point lookups (DuckDB 2.0.1
-    # answers them with a filtered scan all the same: see the timeline's index).
+    # Status by case, and the deletes of each batch, are point lookups. DuckDB 2.0.1
+    # reads `WHERE case_id = ?` through it (EXPLAIN: Index Scan); the status query,
+    # joined with the checkpoint, scans with the filter pushed down instead, at the
+    # same cost (~1.3 ms of CPU at 1M events, most of it the statement itself).
     f"CREATE INDEX IF NOT EXISTS {NAME}_case ON {NAME} (case_id)",
     f"""CREATE OR REPLACE VIEW {NAME}_today AS
     SELECT *, closed_custody_days + CASE WHEN custody = 'in_custody'
