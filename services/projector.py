@@ -37,7 +37,7 @@ from services import subjects
 from services.connection import close_connection, connect
 from services.log import stream_state
 from services.logfeed import ChildFeed, InlineFeed
-from services.pipeline import Pipeline, tune_gc
+from services.pipeline import Pipeline
 from services.queries import (
     NAMES,
     QUEUE,
@@ -49,6 +49,7 @@ from services.queries import (
     decode_request,
     error_reply,
 )
+from services.runtime import tune_gc
 from services.settings import Settings
 
 log = logging.getLogger("casetrail.projector")

@@ -14,13 +14,14 @@ import logging
 import msgspec
 from faststream.nats import NatsBroker
 from faststream.nats.annotations import NatsMessage
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from schemas.intake import reply_encoder
 from services import subjects
 from services.connection import broker_options, close_connection, connect
 from services.recording import Recorder, ServiceUnavailable
-from services.runtime import run_until_signalled
+from services.runtime import run_until_signalled, tune_gc
 from services.settings import Settings
 
 log = logging.getLogger("casetrail.recorder")
@@ -125,5 +126,6 @@ class RecorderService:
 
 
 async def serve(settings: Settings) -> None:
+    tune_gc()
     service = RecorderService(settings)
     await run_until_signalled(service.start, service.stop, "recorder")

@@ -40,7 +40,8 @@ import msgspec
 from projections.store import ProjectionStore, checkpoint_of, versions_wanted
 from services.log import stream_state
 from services.logfeed import SETTINGS_ENV, ChildFeed
-from services.pipeline import Pipeline, tune_gc
+from services.pipeline import Pipeline
+from services.runtime import tune_gc
 from services.settings import Settings
 
 if TYPE_CHECKING:
