@@ -453,7 +453,6 @@ class _Changes:
     """What one batch changes, gathered before the transaction that writes it."""
 
     __slots__ = (
-        "_settled",
         "charge_rows",
         "charges",
         "recognition_rows",
@@ -473,13 +472,10 @@ class _Changes:
         self.status_rows = case_status.rows()
         self.charge_rows = charges.rows()
         self.recognition_rows = recognitions.rows()
-        self._settled = 0  # the cases of `status` whose rows are built
 
     def settle(self) -> None:
-        """Build the rows of the cases folded since the last call."""
-        added = list(self.status.items())[self._settled :]
-        self._settled = len(self.status)
-        for case_id, (fold, updated_seq) in added:
+        """Build the status, charge and recognition rows of the cases folded (once, when all are)."""
+        for case_id, (fold, updated_seq) in self.status.items():
             if fold.events == 0:
                 continue  # every event retracted: the case no longer exists
             case_status.add_row(self.status_rows, fold, updated_seq)
@@ -493,7 +489,7 @@ class _Changes:
 WALKED_COLUMNS = ("case_id", "record_seq", "recorded_at", "recorded_by", "event", "state", "corrected")
 
 
-_WALKED = [timeline.SCHEMA.names.index(name) for name in WALKED_COLUMNS]
+_PICK_WALKED = itemgetter(*(timeline.SCHEMA.names.index(name) for name in WALKED_COLUMNS))
 _RECORD_SEQ = timeline.SCHEMA.names.index("record_seq")
 
 
@@ -509,8 +505,7 @@ def _laid_over(rows: list[tuple], batch: Prepared, wanted: set[int]) -> list[tup
     )
     if not added:
         return rows
-    pick = itemgetter(*_WALKED)
-    return rows + [pick(row) for row in added]
+    return rows + [_PICK_WALKED(row) for row in added]
 
 
 def _in_order(fold: CaseFold, items: list[_Item]) -> list[dt.date | None] | None:
