@@ -7,8 +7,6 @@ in one go (DuckDB inserts an Arrow table in bulk; row-by-row inserts are ~600x s
 
 from __future__ import annotations
 
-from operator import itemgetter
-
 import pyarrow as pa
 
 _SQL_TYPES = {
@@ -42,12 +40,16 @@ class Rows:
     than pyarrow's conversion of bytes to text value by value.
     """
 
-    __slots__ = ("_types", "rows", "schema")
+    __slots__ = ("_struct", "rows", "schema")
 
     def __init__(self, schema: pa.Schema, *, utf8: tuple[str, ...] = ()) -> None:
         self.schema = schema
         self.rows: list[tuple] = []
-        self._types = [pa.binary() if field.name in utf8 else field.type for field in schema]
+        # The tuples become one struct array (pyarrow converts them in one pass, about
+        # a quarter faster than a column at a time), whose fields are the columns.
+        self._struct = pa.struct(
+            [pa.field(f.name, pa.binary() if f.name in utf8 else f.type, f.nullable) for f in schema]
+        )
 
     def add(self, *values: object) -> None:
         self.rows.append(values)
@@ -56,12 +58,10 @@ class Rows:
         return len(self.rows)
 
     def table(self) -> pa.Table:
-        rows = self.rows
-        if not rows:
+        if not self.rows:
             return self.schema.empty_table()
-        arrays = []
-        for i, (field, given) in enumerate(zip(self.schema, self._types)):
-            # A column at a time (itemgetter in C): half the time of transposing with zip(*rows).
-            array = pa.array(list(map(itemgetter(i), rows)), type=given)
-            arrays.append(array if given == field.type else array.cast(field.type))
-        return pa.Table.from_arrays(arrays, schema=self.schema)
+        columns = pa.array(self.rows, type=self._struct).flatten()
+        return pa.Table.from_arrays(
+            [c if c.type == f.type else c.cast(f.type) for c, f in zip(columns, self.schema)],
+            schema=self.schema,
+        )
