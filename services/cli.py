@@ -313,7 +313,7 @@ def serve_recorder(nats_url: NatsUrl = DEFAULT_NATS_URL) -> None:
 def serve_projector(
     db: Annotated[Path, typer.Option(help="The projection's DuckDB file (only this process opens it).")],
     nats_url: NatsUrl = DEFAULT_NATS_URL,
-    memory_limit: Annotated[str, typer.Option(help="DuckDB's memory limit.")] = "320MB",
+    memory_limit: Annotated[str | None, typer.Option(help="DuckDB's memory limit (default 160MB).")] = None,
     threads: Annotated[
         int | None,
         typer.Option(help="DuckDB's threads (default 1: a projector's small statements gain nothing from more)."),
@@ -326,12 +326,13 @@ def serve_projector(
     ] = None,
 ) -> None:
     """Follow the log into DuckDB (status, timelines, charges, recognitions); answer queries."""
-    from services.projector import THREADS, serve
+    from services.projector import MEMORY_LIMIT, THREADS, serve
 
     _logging()
     run(
         serve(
-            Settings.from_env(nats_url=nats_url), db, memory_limit=memory_limit, threads=threads or THREADS,
+            Settings.from_env(nats_url=nats_url), db, memory_limit=memory_limit or MEMORY_LIMIT,
+            threads=threads or THREADS,
             snapshot_every_s=snapshot_every, snapshot_dir=snapshots,
         )
     )

@@ -46,8 +46,10 @@ log = logging.getLogger("casetrail.logfeed")
 
 Batch = list[tuple[int, bytes]]
 
-WINDOW = 50_000  # records read per window while far behind (bounds the reader's memory)
-MAX_BATCH = 20_000  # records handed on (and committed) at once
+# Records handed on at once: a third of a DuckDB row group, so that three batches
+# make one transaction of a catch-up (`ProjectionStore.commit`).
+MAX_BATCH = 40_960
+WINDOW = MAX_BATCH  # records read per window while far behind (the reader holds two at most)
 RETRY_S = 1.0
 
 
@@ -61,14 +63,17 @@ async def follow(
     hand_on: Callable[[Batch, bool], Awaitable[None]],
     asked: Callable[[], Awaitable[None]],
     *,
-    window: int = WINDOW,
+    window: int | None = None,
+    max_batch: int | None = None,
 ) -> None:
     """Read the log from `start_seq` for ever, handing on one batch each time `asked()` returns.
 
-    The batch is what has arrived by then (up to MAX_BATCH records). `hand_on(batch,
-    at_head)`: at_head is True once the reader follows the head of the log rather
-    than catching up with it.
+    The batch is what has arrived by then (up to `max_batch` records, MAX_BATCH by
+    default; `window`: WINDOW). `hand_on(batch, at_head)`: at_head is True once the
+    reader follows the head of the log rather than catching up with it.
     """
+    window = window or WINDOW
+    max_batch = max_batch or MAX_BATCH
     position = start_seq - 1
     js = nc.jetstream()
     owed = False  # asked for a batch not yet handed on (a window ended first)
@@ -77,22 +82,22 @@ async def follow(
         reader: LogReader | None = None
         ahead: LogReader | None = None  # the next window, read while this one is handed on
         try:
-            reader = await _open(nc, js, position + 1, window)
+            reader = await _open(nc, js, position + 1, window, max_batch)
             started = time.monotonic()
             while True:
                 if ahead is None and reader.received_all:
                     assert reader.stop_seq is not None
-                    ahead = await _open(nc, js, reader.stop_seq + 1, window)
+                    ahead = await _open(nc, js, reader.stop_seq + 1, window, max_batch)
                 if not owed:
                     await _asked(asked)
                     owed = True
                 # Far behind, whole batches: each costs a commit (and a read of history).
-                batch = await reader.take(MAX_BATCH, full=reader.stop_seq is not None and not first)
+                batch = await reader.take(max_batch, full=reader.stop_seq is not None and not first)
                 if batch is None:  # a window handed on: on to the next, already arriving
                     rate = (reader.position - reader.start_seq + 1) / max(time.monotonic() - started, 1e-6)
                     log.info("read the log to seq %d (%.0f records/s)", reader.position, rate)
                     await reader.close()
-                    reader, ahead = ahead or await _open(nc, js, position + 1, window), None
+                    reader, ahead = ahead or await _open(nc, js, position + 1, window, max_batch), None
                     started = time.monotonic()
                     continue
                 try:
@@ -101,7 +106,7 @@ async def follow(
                     raise HandOnFailed(str(exc)) from exc
                 owed = first = False
                 position = batch[-1][0]
-                if reader.stop_seq is None and len(batch) >= MAX_BATCH:
+                if reader.stop_seq is None and len(batch) >= max_batch:
                     break  # fallen behind while following: back to bounded windows
         except (asyncio.CancelledError, HandOnFailed):
             raise
@@ -121,10 +126,10 @@ async def _reader_connection(settings: Settings) -> Any:
     return nc
 
 
-async def _open(nc: Any, js: Any, start: int, window: int) -> LogReader:
+async def _open(nc: Any, js: Any, start: int, window: int, max_batch: int) -> LogReader:
     """A reader from `start`: of one window while far behind the head; following it near it."""
     head = (await stream_state(nc)).last_seq
-    stop = min(head, start + window - 1) if head - start >= MAX_BATCH else None
+    stop = min(head, start + window - 1) if head - start >= max_batch else None
     return await LogReader(js, start, stop).__aenter__()
 
 
@@ -138,10 +143,11 @@ async def _asked(asked: Callable[[], Awaitable[None]]) -> None:
 class InlineFeed:
     """The log read in this process."""
 
-    def __init__(self, settings: Settings, start_seq: int, *, window: int = WINDOW) -> None:
+    def __init__(self, settings: Settings, start_seq: int, *, window: int | None = None) -> None:
         self.settings = settings
         self.start_seq = start_seq
-        self.window = window
+        self.window = window or WINDOW
+        self.max_batch = MAX_BATCH
         self._queue: asyncio.Queue[tuple[Batch, bool]] = asyncio.Queue()
         self._asks: asyncio.Queue[None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
@@ -154,7 +160,7 @@ class InlineFeed:
             await self._queue.put((batch, at_head))
 
         self._task = asyncio.create_task(
-            follow(self._nc, self.start_seq, hand_on, self._asks.get, window=self.window)
+            follow(self._nc, self.start_seq, hand_on, self._asks.get, window=self.window, max_batch=self.max_batch)
         )
         return self
 
@@ -187,10 +193,11 @@ class ChildFeed:
     nothing per record but a slice.
     """
 
-    def __init__(self, settings: Settings, start_seq: int, *, window: int = WINDOW) -> None:
+    def __init__(self, settings: Settings, start_seq: int, *, window: int | None = None) -> None:
         self.settings = settings
         self.start_seq = start_seq
-        self.window = window
+        self.window = window or WINDOW
+        self.max_batch = MAX_BATCH
         self._process: subprocess.Popen[bytes] | None = None
         self._pending: asyncio.Future[tuple[Batch, bool]] | None = None
         self.at_head = False  # whether the last batch came from following the head
@@ -200,7 +207,7 @@ class ChildFeed:
     async def __aenter__(self) -> ChildFeed:
         env = {**os.environ, SETTINGS_ENV: msgspec.json.encode(self.settings).decode()}
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "services.logfeed", str(self.start_seq), str(self.window)],
+            [sys.executable, "-m", "services.logfeed", str(self.start_seq), str(self.window), str(self.max_batch)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -284,8 +291,8 @@ def read_frame(source: BinaryIO) -> tuple[Batch, bool]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The child: read the log from START (argv) and write frames to stdout until it closes."""
-    start_seq, window = (int(a) for a in (argv or sys.argv[1:])[:2])
+    """The child: read the log from START (argv: START WINDOW MAX_BATCH) and write frames to stdout until it closes."""
+    start_seq, window, max_batch = (int(a) for a in (argv or sys.argv[1:])[:3])
     settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=Settings)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the projector's to handle
@@ -293,13 +300,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.stdout = sys.stderr  # nothing but frames on the pipe
     asks = os.fdopen(os.dup(sys.stdin.fileno()), "rb", buffering=0)
     try:
-        asyncio.run(_child(settings, start_seq, window, out, asks, os.getppid()))
+        asyncio.run(_child(settings, start_seq, window, max_batch, out, asks, os.getppid()))
     except HandOnFailed:
         pass  # the projector closed the pipe: it is stopping or gone
 
 
 async def _child(
-    settings: Settings, start_seq: int, window: int, out: BinaryIO, asks: BinaryIO, parent: int
+    settings: Settings, start_seq: int, window: int, max_batch: int, out: BinaryIO, asks: BinaryIO, parent: int
 ) -> None:
     nc = await _reader_connection(settings)
     sender = ThreadPoolExecutor(1, thread_name_prefix="logfeed-send")
@@ -321,7 +328,7 @@ async def _child(
         while os.getppid() == parent:
             await asyncio.sleep(0.5)
 
-    reading = asyncio.create_task(follow(nc, start_seq, hand_on, asked, window=window))
+    reading = asyncio.create_task(follow(nc, start_seq, hand_on, asked, window=window, max_batch=max_batch))
     watching = asyncio.create_task(orphaned())
     try:
         done, _ = await asyncio.wait({reading, watching}, return_when=asyncio.FIRST_COMPLETED)

@@ -4,6 +4,10 @@
 a fold thread while `commit` of the batch before (DuckDB, which releases the GIL)
 runs on a writer thread. One batch is in hand at a time: the next commit starts
 when the one before has ended, so commits stay in log order.
+
+Catching up, batches are added with `hold=True`: the store holds them and writes
+them in one transaction once they make a row group (`ProjectionStore.commit`), or
+at `flush` (and at `close`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,11 @@ FREEZE_AFTER = 1000  # records in a batch after which what survives it is frozen
 
 
 class Pipeline:
-    """Batches in, commits out; `committed(position)` runs on the event loop as each commit ends."""
+    """Batches in, commits out.
+
+    On the event loop, `committed(position)` runs as each commit ends, and
+    `written(last_seq)` as each batch is written or held (progress to show).
+    """
 
     def __init__(
         self,
@@ -33,13 +41,20 @@ class Pipeline:
         folder: ThreadPoolExecutor,
         writer: ThreadPoolExecutor,
         committed: Callable[[int], None] | None = None,
+        written: Callable[[int], None] | None = None,
     ) -> None:
         self.store, self.folder, self.writer = store, folder, writer
-        self.committed = committed
+        self.committed, self.written = committed, written
         self._committing: asyncio.Future[int] | None = None
+        self._position = store.position  # the last checkpoint `committed` was told of
 
-    async def add(self, batch: Sequence[tuple[int, bytes]], *, freeze: bool = False) -> None:
-        """Fold `batch` (while the commit before goes on), then start its commit."""
+    async def add(
+        self, batch: Sequence[tuple[int, bytes]], *, freeze: bool = False, hold: bool = False
+    ) -> None:
+        """Fold `batch` (while the commit before goes on), then start its commit.
+
+        `hold`: its transaction may stay open for the batches after it (catching up).
+        """
         loop = asyncio.get_running_loop()
         started = time.perf_counter()
         prepared = await loop.run_in_executor(self.folder, self.store.prepare, batch)
@@ -51,8 +66,11 @@ class Pipeline:
             gc.freeze()
         await self.drain()
         if prepared is not None:
-            self._committing = loop.run_in_executor(self.writer, _commit, self.store, prepared)
+            self._committing = loop.run_in_executor(self.writer, _commit, self.store, prepared, hold)
             self._committing.add_done_callback(self._done)
+            if self.written is not None:
+                written, last_seq = self.written, prepared.last_seq
+                self._committing.add_done_callback(lambda done: _if_ended_well(done) and written(last_seq))
         log.debug("folded %d records in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
 
     async def drain(self) -> None:
@@ -61,20 +79,49 @@ class Pipeline:
             await self._committing  # cancelled or failed: still in hand, for `close`
             self._committing = None
 
+    async def flush(self) -> None:
+        """Until every batch added is committed, those the store holds too."""
+        await self.drain()
+        self._flush()
+        await self.drain()
+
     async def close(self) -> None:
-        """On the way out (stopped, failed): the commit in hand ends before the store is touched."""
+        """On the way out (stopped, failed): the commit in hand ends before the store is
+        touched, and what the store holds is committed (unless a commit failed)."""
+        await self._ended()
+        if not self.store.broken:
+            self._flush()
+            await self._ended()
+
+    async def _ended(self) -> None:
+        """Until the commit in hand has ended, whatever its outcome (even if cancelled meanwhile)."""
         if self._committing is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(self._committing)
+            self._committing = None
+
+    def _flush(self) -> None:
+        if self.store.holding:
+            self._committing = asyncio.get_running_loop().run_in_executor(self.writer, self.store.flush)
+            self._committing.add_done_callback(self._done)
 
     def _done(self, done: asyncio.Future[int]) -> None:
-        if self.committed is not None and not done.cancelled() and done.exception() is None:
-            self.committed(done.result())
+        if not _if_ended_well(done):
+            return
+        position = done.result()
+        if position != self._position:
+            self._position = position
+            if self.committed is not None:
+                self.committed(position)
 
 
-def _commit(store: ProjectionStore, prepared: Prepared) -> int:
+def _if_ended_well(done: asyncio.Future[int]) -> bool:
+    return not done.cancelled() and done.exception() is None
+
+
+def _commit(store: ProjectionStore, prepared: Prepared, hold: bool) -> int:
     started = time.perf_counter()
-    position = store.commit(prepared)
-    APPLY.observe(len(prepared.timeline), time.perf_counter() - started)  # for /metrics
-    log.debug("committed %d records in %.1f ms", len(prepared.timeline), (time.perf_counter() - started) * 1000)
+    position = store.commit(prepared, hold=hold)
+    APPLY.observe(prepared.records, time.perf_counter() - started)  # for /metrics
+    log.debug("wrote %d records in %.1f ms", prepared.records, (time.perf_counter() - started) * 1000)
     return position

@@ -111,7 +111,8 @@ async def build(
     """Build the projection file `path` from the log up to `to_seq` (default: the log's head now).
 
     Resumes from the file's checkpoint. `progress(position, target)` is called after
-    every committed batch. A file already past `to_seq` is refused (ValueError).
+    every batch written (held for its transaction, or committed). A file already past
+    `to_seq` is refused (ValueError).
     """
     path = Path(path)
     loop = asyncio.get_running_loop()
@@ -158,19 +159,26 @@ async def _apply_until(
     folder: ThreadPoolExecutor,
     progress: Callable[[int, int], None] | None,
 ) -> None:
-    """Fold batch N+1 while batch N commits, up to `target` exactly."""
-    committed = None if progress is None else (lambda position: progress(position, target))
-    pipeline = Pipeline(store, folder, writer, committed)
+    """Fold batch N+1 while batch N commits, up to `target` exactly.
+
+    Batches after the first are held in transactions of a row group
+    (`ProjectionStore.commit`); the last is committed by `flush`.
+    """
+    # Progress is what is written (the held batches too): a transaction holds three batches.
+    written = None if progress is None else (lambda position: progress(position, target))
+    pipeline = Pipeline(store, folder, writer, written=written)
     try:
+        first = True
         async with ChildFeed(settings, store.position + 1) as feed:
             async for batch in feed.batches():
                 if batch[-1][0] > target:
                     batch = [item for item in batch if item[0] <= target]
                 if batch:
-                    await pipeline.add(batch)
+                    await pipeline.add(batch, hold=not first)
+                    first = False
                 if not batch or batch[-1][0] >= target:
                     break
-        await pipeline.drain()
+        await pipeline.flush()
     finally:
         await pipeline.close()
 

@@ -257,6 +257,55 @@ async def test_a_projection_rebuilt_from_the_log_equals_the_live_one(
     assert _tables(tmp_path / "live.duckdb") == _tables(tmp_path / "rebuilt.duckdb")
 
 
+async def test_catching_up_far_behind_commits_batches_together_and_equals_a_rebuild(
+    nats_server, nc, recorder, settings, tmp_path, monkeypatch
+) -> None:
+    """Far behind the head, batches are held until their transaction has HOLD_ROWS timeline
+    rows (a DuckDB row group; 300 here, in batches of 100): fewer commits, the same
+    projection. Stopped midway, what it holds is committed, and a restart goes on from there."""
+    from benchmarks.workload import generate
+    from projections import store as store_module
+    from services import logfeed
+    from services.projector import Projector
+    from tests.faults import assert_projection_is_a_clean_rebuild, log_contents
+
+    monkeypatch.setattr(logfeed, "MAX_BATCH", 100)
+    monkeypatch.setattr(logfeed, "WINDOW", 200)
+    monkeypatch.setattr(store_module, "HOLD_ROWS", 300)
+    events = generate(4000, seed=9)  # late reports, corrections and retractions among them
+    results = await Publisher(nc, "bulk", batch_size=500).submit_many(events)
+    assert all(r.ok for r in results)
+    raw = await log_contents(nc)
+    db = tmp_path / "p.duckdb"
+    committed: list[int] = []
+
+    async def catch_up(until: int) -> int:
+        projector = Projector(settings, db)
+        track = projector._committed
+
+        def tracking(position: int) -> None:
+            committed.append(position)
+            track(position)
+
+        projector._committed = tracking  # type: ignore[method-assign]
+        await projector.start()
+        try:
+            async with asyncio.timeout(120):
+                while projector.position < until:
+                    await asyncio.sleep(0.01)
+        finally:
+            await projector.stop()
+        assert projector.store is not None
+        return projector.store.position
+
+    stopped_at = await catch_up(len(raw) // 2)
+    assert len(raw) // 2 <= stopped_at < len(raw)
+    assert await catch_up(len(raw)) == len(raw)
+    # Batches of 100 committed three at a time (the first after each start alone).
+    assert len(committed) <= len(raw) // 100 // 3 + 6, committed
+    assert_projection_is_a_clean_rebuild(db, raw, tmp_path / "rebuild.duckdb")
+
+
 async def test_up_demo_answers_the_sample_case_status(tmp_path) -> None:
     from services.natsserver import free_port
 

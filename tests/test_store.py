@@ -45,9 +45,9 @@ def commit_slowly(store: ProjectionStore) -> None:
     """Commits that take long, as they do under load."""
     commit = store._transaction
 
-    def slowly(prepared):
+    def slowly(held):
         time.sleep(0.2)
-        commit(prepared)
+        commit(held)
 
     store._transaction = slowly  # type: ignore[method-assign]
 
@@ -93,13 +93,14 @@ def test_a_failed_batch_leaves_the_store_at_its_checkpoint(tmp_path) -> None:
     path = tmp_path / "p.duckdb"
     store = ProjectionStore(path)
     store.apply(log[:2])
-    def fails_before_the_commit(prepared):
-        store.con.execute("BEGIN TRANSACTION")
-        store._insert("timeline", prepared.timeline)  # rows written, then the disk fills
-        store.con.execute("ROLLBACK")
-        raise OSError("disk full")
+    insert = store._insert
 
-    store._transaction = fails_before_the_commit  # type: ignore[method-assign]
+    def fails_after_the_timeline(table, rows):
+        if table != "timeline":  # its rows written in the transaction, then the disk fills
+            raise OSError("disk full")
+        insert(table, rows)
+
+    store._insert = fails_after_the_timeline  # type: ignore[method-assign]
     try:
         store.apply(log[2:])
     except OSError:
@@ -125,7 +126,7 @@ def test_a_batch_folded_over_one_whose_commit_fails_is_not_committed(tmp_path) -
     with pytest.raises(RuntimeError, match="not the next prepared batch"):
         store.commit(second)  # out of order
 
-    def fails(prepared):
+    def fails(held):
         raise OSError("disk full")
 
     store._transaction = fails  # type: ignore[method-assign]
@@ -220,3 +221,62 @@ def test_text_given_as_utf8_bytes_is_stored_as_text_and_checked() -> None:
     rows.add(2, b'{"name":"\xd0"}')  # cut in the middle of a character
     with pytest.raises(pa.ArrowInvalid):
         rows.table()
+
+
+def test_held_batches_commit_together_once_they_fill_a_transaction(tmp_path) -> None:
+    recs = sample()
+    log = delivered(recs)
+    path = tmp_path / "p.duckdb"
+    store = ProjectionStore(path, hold_rows=3)
+    cur = store.reader()
+    assert store.apply(log[:1]) == 1
+    assert store.commit(store.prepare(log[1:2]), hold=True) == 1  # held: one row of three
+    assert store.commit(store.prepare(log[2:3]), hold=True) == 1
+    assert store.holding
+    # Readers see nothing of what is held.
+    assert cur.execute("SELECT count(*), max(record_seq) FROM timeline").fetchall() == [(1, 1)]
+    assert store.commit(store.prepare(log[3:4]), hold=True) == 4  # three rows: committed together
+    assert not store.holding
+    assert cur.execute("SELECT count(*) FROM timeline").fetchall() == [(4,)]
+    assert cur.execute("SELECT last_seq FROM checkpoint").fetchall() == [(4,)]
+    # Held, then the process ends without a flush: lost, and read again from the checkpoint.
+    store.commit(store.prepare(log[4:5]), hold=True)
+    store.close()
+    reopened = ProjectionStore(path)
+    assert reopened.position == 4
+    assert reopened.apply(log) == 5
+    assert_status_is_derived(reopened, CASE, recs)
+    reopened.close()
+
+
+def test_a_correction_of_a_held_row_changes_its_state_before_it_is_written(tmp_path) -> None:
+    case = "ru-2024-held"
+    recs = records([
+        opened(case, occurred_on="2024-01-10"),
+        event("detained", case, "d", "2024-01-12"),
+        event("remanded", case, "r", "2024-01-14", measure="custody"),
+        # In a later batch of the same transaction: corrects a row held, not yet written.
+        event("event_corrected", case, "fix-r", "2024-01-20", target_event_id="r",
+              replacement={"type": "remanded", "case_id": case, "occurred_on": "2024-01-14",
+                           "measure": "house_arrest", "sources": [{"publisher": "Memorial"}]}),
+        # And a retraction of a row committed before.
+        event("event_retracted", case, "no-d", "2024-01-21", target_event_id="d", reason="misreported"),
+    ])
+    log = delivered(recs)
+    store = ProjectionStore(tmp_path / "p.duckdb", hold_rows=100)
+    store.apply(log[:2])
+    for n in range(2, 5):
+        store.commit(store.prepare(log[n : n + 1]), hold=True)
+    store.flush()
+    query = "SELECT record_seq, kind, state, corrected FROM timeline ORDER BY record_seq"
+    rows = store.reader().execute(query).fetchall()
+    assert [(seq, state) for seq, _, state, _ in rows] == [
+        (1, "effective"), (2, "retracted"), (3, "superseded"), (4, "effective"), (5, "retraction")
+    ]
+    at_once = ProjectionStore(":memory:")
+    at_once.apply(log)
+    assert rows == at_once.reader().execute(query).fetchall()
+    at_once.close()
+    status = assert_status_is_derived(store, case, recs)
+    assert (status.custody, status.events) == ("house_arrest", 2)
+    store.close()
