@@ -248,24 +248,28 @@ class ProjectionStore:
         if self.broken:
             raise RuntimeError("a commit failed: reset the store first")
         by_case: dict[str, list[_Item]] = {}
+        amended: set[str] = set()  # cases with a correction or retraction in the batch
         with self._lock:  # the last seq prepared: committed, or about to be
             last_seq = self._uncommitted[-1].last_seq if self._uncommitted else self.position
         for seq, data in batch:
             if seq <= last_seq:
                 continue  # delivered again: already applied
             item = _Item(seq, data)
-            case = by_case.get(item.record.event.case_id)
+            event = item.record.event
+            case = by_case.get(event.case_id)
             if case is None:
-                by_case[item.record.event.case_id] = [item]
+                by_case[event.case_id] = [item]
             else:
                 case.append(item)
+            if isinstance(event, AMENDMENT_TYPES):
+                amended.add(event.case_id)
             last_seq = seq
         if not by_case:
             return None
         # Cases the store has never seen have no rows to replace: no deletes for them.
         new_cases = {case_id for case_id in by_case if case_id not in self.seqs}
         try:
-            prepared = self._tables(last_seq, self._fold(by_case), new_cases)
+            prepared = self._tables(last_seq, self._fold(by_case, amended), new_cases)
         except BaseException:
             # Folds may hold what was not committed: walk those cases again next time.
             for case_id in by_case:
@@ -331,14 +335,14 @@ class ProjectionStore:
         with self._lock:
             self.broken = True
 
-    def _fold(self, by_case: dict[str, list[_Item]]) -> _Changes:
+    def _fold(self, by_case: dict[str, list[_Item]], amended: set[str]) -> _Changes:
         changes = _Changes()
         again: list[str] = []  # cases to walk from their history
         for case_id, items in by_case.items():
-            fold = self.folds.get(case_id)
-            if any(isinstance(item.record.event, AMENDMENT_TYPES) for item in items):
+            if case_id in amended:
                 again.append(case_id)
                 continue
+            fold = self.folds.get(case_id)
             if fold is None:
                 if items[0].case_version != 1:
                     again.append(case_id)  # an older case whose fold is not in memory
