@@ -165,12 +165,12 @@ class _Families:
             ("casetrail_projector_applied_seq", "as_of_seq", "The last seq the projector applied"),
             ("casetrail_projector_lag_events", "lag_events", "Records in the log not yet applied"),
             ("casetrail_projector_lag_seconds", "lag_seconds", "Age of the oldest record not yet applied"),
-            ("casetrail_projector_last_batch_apply_seconds", "last_apply_seconds", "The last batch's transaction"),
+            ("casetrail_projector_last_batch_apply_seconds", "last_apply_seconds", "The last batch's write"),
         ):
             yield GaugeMetricFamily(name, text, value=h[key])
         yield SummaryMetricFamily(
             "casetrail_projector_batch_apply_seconds",
-            "Batch transactions (records and checkpoint) since the projector started",
+            "Batch writes (records and checkpoint; catching up, three batches a transaction) since the projector started",
             count_value=h["batches_applied"],
             sum_value=h["apply_seconds_sum"],
         )

@@ -37,7 +37,8 @@ STUCK_AFTER_S = 30.0
 
 
 class ApplyTimes:
-    """Batches committed by this process and the time their transactions took."""
+    """Batches written by this process and the time the writes took (a batch's commit; catching
+    up, the part of a transaction it adds, `ProjectionStore.commit`)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -54,7 +55,7 @@ class ApplyTimes:
             self.last_seconds = seconds
 
 
-APPLY = ApplyTimes()  # the projector's commits (services.projector._commit)
+APPLY = ApplyTimes()  # the projector's batch writes (services.pipeline._commit)
 
 
 class _RecordedAt(msgspec.Struct):
