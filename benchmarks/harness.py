@@ -263,6 +263,13 @@ TARGETS = [
 ]
 
 
+def _load(v: dict[str, Any]) -> str:
+    """How busy the machine was meanwhile (all of it: nats-server, recorder, projector, client)."""
+    if "busy_pct" not in v:
+        return ""
+    return f"machine {v['busy_pct']:.0f}% busy, {v['steal_pct']:.0f}% stolen by the VM's host"
+
+
 def table(r: dict[str, Any]) -> str:
     """The Markdown table README.md shows."""
     i, c, q = r["ingest"], r["catchup"], ratios(r)
@@ -275,7 +282,7 @@ def table(r: dict[str, Any]) -> str:
         ("catch-up from empty", f"{c['events_per_s']:,} events/s",
          f"{q['catch-up / ceiling']:.2f} of a bare ordered consumer ({c['ceiling_events_per_s']:,}/s)",
          f"{q['catch-up / peer']:.1f}x ({c['peer_events_per_s']:,}/s)"),
-        *((f"ack to visible at {v['events_per_s']:,}/s", f"p50 {v['p50']} ms, p99 {v['p99']} ms", "", "")
+        *((f"ack to visible at {v['events_per_s']:,}/s", f"p50 {v['p50']} ms, p99 {v['p99']} ms", _load(v), "")
           for v in r.get("visibility_by_rate") or [{"events_per_s": 1000, **r["visibility_ms"]}]),
         ("query p99", f"status {r['query_ms']['status_p99']} ms, timeline {r['query_ms']['timeline_p99']} ms, "
          f"cases {r['query_ms']['cases_p99']} ms", "", ""),

@@ -9,7 +9,9 @@ Measured in one run against one embedded nats-server:
   just after the catch-up (their mean: this VM's speed moves by a fifth or more
   from one minute to the next).
 - `visibility_ms`: from the recorder's ack of one event to a status query that
-  sees it (`min_seq`), at a steady offered rate (default 1,000 events/s).
+  sees it (`min_seq`), at a steady offered rate (default 1,000 events/s), with
+  how busy the machine was meanwhile (`busy_pct`, and `steal_pct`: time the VM's
+  host gave to others; latency climbs steeply as the cores fill).
 - `query_ms`: status, timeline and filtered-cases queries over NATS, p50 and p99
   (after a tenth as many unsampled: the first read of a block pays for its I/O).
 - `projector_peak_rss_mb`: the projector process's peak resident memory.
@@ -28,7 +30,6 @@ import json
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,29 @@ def stop(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def cpu_times() -> list[int]:
+    """The machine's CPU time so far by state (Linux /proc/stat, all cores): user,
+    nice, system, idle, iowait, irq, softirq, steal."""
+    try:
+        return [int(n) for n in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    except (OSError, ValueError):
+        return []
+
+
+def cpu_use(before: list[int], after: list[int]) -> dict[str, float]:
+    """Percent of the machine's CPU time between two `cpu_times()`: busy (neither idle
+    nor waiting for I/O) and stolen by the VM's host."""
+    spent = [b - a for a, b in zip(before, after)]
+    total = sum(spent)
+    if len(spent) < 8 or total <= 0:
+        return {}
+    idle, iowait, steal = spent[3], spent[4], spent[7]
+    return {
+        "busy_pct": round(100 * (total - idle - iowait - steal) / total, 1),
+        "steal_pct": round(100 * steal / total, 1),
+    }
 
 
 def _hwm_kb(pid: int) -> int:
@@ -242,6 +266,7 @@ async def visibility(
 
     requests = unsampled + max(1, int(rate * seconds / per_request))
     tasks = []
+    before = cpu_times()
     started = time.perf_counter()
     for n in range(requests):
         delay = started + n * interval - time.perf_counter()
@@ -249,7 +274,7 @@ async def visibility(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(submit(n)))
     await asyncio.gather(*tasks)
-    return percentiles(latencies)
+    return {**percentiles(latencies), **cpu_use(before, cpu_times())}
 
 
 async def timed(samples: int, ask: Callable[[int], Awaitable[Any]]) -> dict[str, float]:
