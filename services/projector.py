@@ -49,7 +49,7 @@ from services.queries import (
     decode_request,
     error_reply,
 )
-from services.runtime import tune_gc
+from services.runtime import tune_gc, tune_switching
 from services.settings import Settings
 
 log = logging.getLogger("casetrail.projector")
@@ -410,6 +410,7 @@ async def serve(
 ) -> None:
     """Run until SIGINT or SIGTERM; the batch in hand is committed before it stops."""
     tune_gc()
+    tune_switching()
     projector = Projector(
         settings,
         db_path,
