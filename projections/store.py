@@ -299,13 +299,12 @@ class ProjectionStore:
                 raise RuntimeError("not the next prepared batch (or a commit before it failed)")
         try:
             self._held.add(prepared)
-            if hold and self._held.rows < self.hold_rows:
-                return self.position
-            self._transaction(self._held)
         except BaseException:
             self._failed()
             raise
-        return self._committed()
+        if hold and self._held.rows < self.hold_rows:
+            return self.position
+        return self._write_held()
 
     @property
     def holding(self) -> bool:
@@ -314,16 +313,15 @@ class ProjectionStore:
 
     def flush(self) -> int:
         """Commit the batches `commit(..., hold=True)` held; return the checkpoint."""
-        if self._held.batches:
-            try:
-                self._transaction(self._held)
-            except BaseException:
-                self._failed()
-                raise
-            self._committed()
-        return self.position
+        return self._write_held() if self._held.batches else self.position
 
-    def _committed(self) -> int:
+    def _write_held(self) -> int:
+        """The batches held and the checkpoint, in one transaction; the new checkpoint."""
+        try:
+            self._transaction(self._held)
+        except BaseException:
+            self._failed()
+            raise
         with self._lock:
             self.position = self._held.last_seq
             del self._uncommitted[: len(self._held.batches)]

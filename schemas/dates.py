@@ -21,23 +21,15 @@ class BadDate(ValueError):
     """A date string that is not a real (partial) date, or lies in the future."""
 
 
-_BOUNDS: dict[str, dt.date] = {}  # the same days recur across many events
-
-
+@functools.lru_cache(maxsize=1 << 16)  # the same days recur across many events
 def lower_bound(value: str) -> dt.date:
     """The first day a partial date can mean. The value must already be valid."""
-    bound = _BOUNDS.get(value)
-    if bound is None:
-        n = len(value)
-        if n == 10:
-            bound = dt.date.fromisoformat(value)
-        elif n == 7:
-            bound = dt.date(int(value[:4]), int(value[5:7]), 1)
-        else:
-            bound = dt.date(int(value[:4]), 1, 1)
-        if len(_BOUNDS) < 1 << 16:
-            _BOUNDS[value] = bound
-    return bound
+    n = len(value)
+    if n == 10:
+        return dt.date.fromisoformat(value)
+    if n == 7:
+        return dt.date(int(value[:4]), int(value[5:7]), 1)
+    return dt.date(int(value[:4]), 1, 1)
 
 
 @functools.lru_cache(maxsize=1 << 16)  # the same days recur across many events
