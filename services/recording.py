@@ -19,6 +19,15 @@ recorder to catch up with the head of the log before it decides again.
 The events of one submission are appended as one JetStream atomic batch: all of
 them or none, with one acknowledgement (a single event as an ordinary publish,
 which is atomic by itself).
+
+Group commit: small submissions of several events that are decided while another
+is being appended wait for it, then go together as the next batch (`_GroupCommit`). Their
+cases are disjoint (each submission holds its cases' locks until its records are
+acknowledged), so every record's expected subject sequence still holds; the batch
+is all or none for each of them. nats-server stages every atomic batch on disk with
+four fsyncs whatever its size, so under load one batch for many submissions spares
+most of its work. A group the log refuses sends each member back to decide again
+and append alone.
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -55,6 +64,14 @@ BATCH_DUPLICATE_ID = 10201
 HEADER_LIMIT = 1000
 # Gaps up to this size are read with direct gets; longer ones with an ordered consumer.
 DIRECT_GET_LIMIT = 256
+# Appends of two records up to fewer than this go through group commit; larger ones
+# amortise a batch's cost by themselves, and single records are ordinary publishes,
+# which nats-server takes in parallel more cheaply than as one batch (measured with
+# 16 submissions in flight: of single events, ~1,000 events/s alone, ~830 grouped;
+# of ten events, ~2,050 alone, 4,800-6,500 grouped).
+GROUP_BELOW = 100
+# Records in one group at most (nats-server refuses atomic batches of more than 1,000).
+GROUP_LIMIT = 1000
 
 
 class ServiceUnavailable(Exception):
@@ -215,6 +232,7 @@ class Recorder:
         self._refresher: asyncio.Task[None] | None = None
         self._refresh_s = 30.0
         self._fresh_at = 0.0
+        self._group = _GroupCommit(self._append)
 
     # -- life cycle
 
@@ -314,6 +332,7 @@ class Recorder:
         await self._ensure_fresh()
         async with self._case_locks(cases):
             caught_up = False
+            grouped = True  # until the log refuses an append: then alone
             for attempt in range(MAX_ATTEMPTS):
                 plan = await self._plan(publisher, items)
                 if plan.doubtful and not caught_up:
@@ -323,9 +342,13 @@ class Recorder:
                 if not plan.appends:
                     return plan.results, plan.rejected
                 try:
-                    first_seq = await self._append(plan.appends)
+                    if grouped and 1 < len(plan.appends) < GROUP_BELOW:
+                        first_seq = await self._group.append(plan.appends)
+                    else:
+                        first_seq = await self._append(plan.appends)
                 except _Retry as why:
                     log.debug("append retried (%s), attempt %d", why, attempt + 1)
+                    grouped = False
                     await asyncio.sleep(random.uniform(0, 0.002 * attempt))
                     await self.catch_up()
                     caught_up = True
@@ -597,6 +620,69 @@ def _header_dict(planned: _Planned, batch_id: str, n: int) -> dict[str, str]:
 
 class _Retry(Exception):
     pass
+
+
+class _GroupCommit:
+    """One append of small plans in flight at a time; those that arrive meanwhile go next, together.
+
+    Alone (light load) a plan is appended at once, as it would be without this.
+    `append` returns the seq of the plan's first record. The plans of a group hold
+    disjoint cases (see the module's docstring). If the group's append fails, every
+    member gets `_Retry` when the group had others in it (the failure may be
+    another member's), or the failure itself when it was alone.
+    """
+
+    def __init__(self, send: Callable[[list[_Planned]], Awaitable[int]]) -> None:
+        self._send = send
+        self._waiting: list[tuple[list[_Planned], asyncio.Future[int]]] = []
+        self._busy = False
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def append(self, appends: list[_Planned]) -> int:
+        if not self._busy:
+            self._busy = True
+            try:
+                return await self._send(appends)
+            finally:
+                self._next()
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting.append((appends, future))
+        return await future
+
+    def _next(self) -> None:
+        """The append in flight has ended: send what waits, or be idle."""
+        group, size = [], 0
+        while self._waiting and size + len(self._waiting[0][0]) <= GROUP_LIMIT:
+            appends, future = self._waiting.pop(0)
+            if not future.done():  # (done: its submission was cancelled)
+                group.append((appends, future))
+                size += len(appends)
+        self._busy = bool(group)
+        if group:
+            task = asyncio.get_running_loop().create_task(self._commit(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _commit(self, group: list[tuple[list[_Planned], asyncio.Future[int]]]) -> None:
+        try:
+            first = await self._send([p for appends, _ in group for p in appends])
+        except asyncio.CancelledError:
+            for _, future in group:
+                future.cancel()
+            raise
+        except Exception as exc:
+            if len(group) > 1 and isinstance(exc, (_Retry, ServiceUnavailable)):
+                exc = _Retry(f"the group's append failed ({exc})")
+            for _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for appends, future in group:
+                if not future.done():
+                    future.set_result(first)
+                first += len(appends)
+        finally:
+            self._next()
 
 
 class _Ack(msgspec.Struct):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 import msgspec
 import nats
@@ -242,3 +244,76 @@ async def test_an_event_another_recorder_just_wrote_is_a_duplicate_or_a_conflict
     (reused,) = (await third.submit("ovd", encode({**detained, "case_id": other_case}))).results
     assert (reused.status, reused.code) == ("rejected", "event_id_conflict")
     assert [r.seq for r in await log_records(nc)] == [r.seq for r in opened_results] + [recorded.seq]
+
+
+async def _batch_ids(nc: nats.NATS, seqs: list[int]) -> dict[int, str | None]:
+    """The Nats-Batch-Id each record was appended with (None: an ordinary publish)."""
+    js = nc.jetstream()
+    out = {}
+    for seq in seqs:
+        msg = await js.get_msg(subjects.LOG_STREAM, seq=seq, direct=True)
+        out[seq] = (msg.headers or {}).get("Nats-Batch-Id")
+    return out
+
+
+async def test_small_submissions_arriving_together_are_appended_as_one_group(nc, streams) -> None:
+    """While one small submission is being appended, those decided meanwhile wait and go
+    together as one atomic batch: each still gets its own seqs, in its own order."""
+    from services.recording import Recorder
+
+    recorder = Recorder(nc, nc.jetstream())
+    await recorder.start()
+    submissions = [
+        [opened(f"ru-2022-g{n}"), event("detained", f"ru-2022-g{n}", f"g{n}-d")] for n in range(12)
+    ]
+    replies = await asyncio.gather(
+        *(recorder.submit("ovd", b'{"events":[' + b",".join(map(encode, s)) + b"]}") for s in submissions)
+    )
+    records = {r.event.event_id: r for r in await log_records(nc)}
+    assert len(records) == 24
+    for events, reply in zip(submissions, replies):
+        assert [r.status for r in reply.results] == ["accepted", "accepted"]
+        assert [r.case_version for r in reply.results] == [1, 2]
+        # The result's seq is where the log holds that very event.
+        for sent, result in zip(events, reply.results):
+            assert records[sent["event_id"]].seq == result.seq
+    assert list(verify_chain(list(records.values()))) == []
+    # The first went alone; the eleven decided while it was in flight, as one batch.
+    batches = await _batch_ids(nc, [r.seq for r in records.values()])
+    assert len(set(batches.values())) == 2
+
+
+async def test_a_group_refused_for_one_stale_member_is_recorded_member_by_member(nc, streams, caplog) -> None:
+    """One member of a group expects a case head that another recorder has moved on:
+    JetStream refuses the whole batch; each member decides again and is appended alone."""
+    from services.recording import Recorder
+
+    ours, other = Recorder(nc, nc.jetstream()), Recorder(nc, nc.jetstream())
+    await ours.start()
+    await other.start()
+    cases = [f"ru-2022-s{n}" for n in range(5)]
+    for case_id in cases:
+        await ours.submit("ovd", encode(opened(case_id)))
+    await other.catch_up()
+    (moved,) = (await other.submit("ovd", encode(event("detained", cases[3], "elsewhere")))).results
+    ours._fresh_at = time.monotonic()  # its index is recent enough not to re-read: stale on cases[3]
+
+    def body(n: int) -> bytes:
+        case_id = cases[n]
+        return b'{"events":[' + b",".join(
+            encode(event("detained", case_id, f"{case_id}-{k}", place=place)) for k, place in enumerate(("Moscow", "Tver"))
+        ) + b"]}"
+
+    with caplog.at_level(logging.DEBUG, logger="casetrail.recorder"):
+        replies = await asyncio.gather(*(ours.submit("ovd", body(n)) for n in range(5)))
+    retried = [r.message for r in caplog.records if "append retried" in r.message]
+    # The four decided while the first was in flight went as one group, which was refused.
+    assert sum("the group's append failed" in m for m in retried) == 4
+    assert [[r.status for r in reply.results] for reply in replies] == [["accepted"] * 2] * 5
+    # The stale member follows the other recorder's record; the rest follow their opening.
+    assert [r.case_version for r in replies[3].results] == [3, 4]
+    assert all([r.case_version for r in replies[n].results] == [2, 3] for n in (0, 1, 2, 4))
+    records = await log_records(nc)
+    assert list(verify_chain(records)) == []
+    assert {r.seq: r.event.event_id for r in records}[moved.seq] == "elsewhere"
+    assert len(records) == 5 + 1 + 10
