@@ -16,6 +16,7 @@ import contextlib
 import datetime as dt
 from collections.abc import Iterator
 
+import duckdb
 import msgspec
 import pyarrow as pa
 
@@ -26,6 +27,10 @@ from projections.store import ProjectionStore, checkpoint_of
 
 MAX_LIMIT = 1000
 _STATUS_COLUMNS = ", ".join(f"s.{name}" for name in case_status.SCHEMA.names)
+# One statement is one snapshot: the row and the checkpoint it reflects.
+_STATUS_NOW = (
+    f"SELECT c.last_seq, {_STATUS_COLUMNS} FROM checkpoint c LEFT JOIN case_status s ON s.case_id = ?"
+)
 # Cases walked per round trip when a past question covers every case.
 WALK_CHUNK = 2000
 
@@ -101,6 +106,8 @@ class Reader:
     def __init__(self, store: ProjectionStore) -> None:
         self.store = store
         self.cur = store.reader()
+        # Parsed once: DuckDB then only binds and runs it (~0.4 ms of ~1.8 saved a status).
+        self._status_now = duckdb.extract_statements(_STATUS_NOW)[0]
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[int]:
@@ -122,12 +129,7 @@ class Reader:
         known_at: dt.datetime | None = None,
     ) -> tuple[int, CaseStatus | None]:
         if on is None and known_at is None:
-            # One statement is one snapshot: the row and the checkpoint it reflects.
-            as_of_seq, *stored = self.cur.execute(
-                f"SELECT c.last_seq, {_STATUS_COLUMNS} FROM checkpoint c "
-                "LEFT JOIN case_status s ON s.case_id = ?",
-                [case_id],
-            ).fetchall()[0]
+            as_of_seq, *stored = self.cur.execute(self._status_now, [case_id]).fetchall()[0]
             return as_of_seq, (case_status.from_row(stored, today, as_of_seq) if stored[0] is not None else None)
         as_of_seq, records = self._case_records(case_id)
         fold = self._walk(case_id, records, on or today, known_at)
