@@ -20,6 +20,7 @@ RESULT = {
         "atomic_ceiling_events_per_s": 25_000,
         "peer_events_per_s": 1_000,
         "peer_batch_events_per_s": 4_000,
+        "small_submissions": {"events_per_s": 5_000, "events": 5_000, "per_submission": 10, "in_flight": 16},
     },
     "catchup": {"events_per_s": 20_000, "ceiling_events_per_s": 36_000, "peer_events_per_s": 30_000},
     "replay": [{"events": 100_000, "seconds": 5.0}],
@@ -87,6 +88,7 @@ def test_targets_are_judged_on_the_ratios_the_table_shows() -> None:
     assert "| ack to visible at 100/s | p50 10.0 ms, p99 30.0 ms |" in text
     assert "| ack to visible at 1,000/s | p50 20.0 ms, p99 60.0 ms | machine 91% busy, 3% stolen by the VM's host |" in text
     assert "- met: projector under 1 GiB" in text
+    assert "| ingest in submissions of 10 (16 in flight) | 5,000 events/s |" in text
 
 
 def test_a_slower_run_fails_the_targets_it_misses() -> None:
@@ -100,6 +102,8 @@ def test_a_slower_run_fails_the_targets_it_misses() -> None:
 
 def test_the_plan_sizes_replays_and_measures_each_visibility_rate_long_enough_for_its_p99() -> None:
     plan = Plan(1_000_000, quick=False)
+    assert plan.small_events == 20_000  # then 980,000 in submissions of 500
+    assert Plan(50_000, quick=True).small_events == 2_500
     assert plan.replay_sizes == [100_000, 300_000, 1_000_000]
     assert plan.visibility_seconds(1000) == 10.0
     assert plan.visibility_seconds(100) == 50.0  # 500 submissions of ten
