@@ -68,8 +68,10 @@ def add_row(rows: Rows, fold: CaseFold, updated_seq: int) -> None:
         fold.region,
         fold.custody,
         fold.stage,
-        fold.charge_forms,
-        fold.recognized_by,
+        # Copies: the fold goes on changing (the next batch is folded while this one
+        # commits), and the row must stay as this batch left the case.
+        list(fold.charge_forms),
+        list(fold.recognized_by),
         fold.custody_since,
         fold.closed_custody_days,
         sentence.punishment if sentence else None,

@@ -74,6 +74,9 @@ PROJECTIONS = (case_status, timeline, charges, recognitions)
 HOLD_ROWS = 122_880
 # Up to this many cases are deleted by a list of values; more, through a joined table.
 SMALL_DELETE = 16
+# Status rows of the cases committed last, kept to answer status questions without a
+# statement (`recent_status`); a commit of more rows than this (catching up) keeps none.
+RECENT_STATUS = 16_384
 _CHARGE_EVENTS = (Charged, ChargesAmended)
 _RECOGNITION_EVENTS = (Recognized, RecognitionWithdrawn)
 
@@ -164,6 +167,8 @@ class ProjectionStore:
         self.hold_rows = HOLD_ROWS if hold_rows is None else hold_rows
         self._history_cursor = self.con.cursor()
         self.broken = False
+        # case_id -> its case_status row as committed (under `_lock`, with `position`).
+        self._recent: dict[str, tuple] = {}
 
     def _create_or_check(self) -> None:
         con = self.con
@@ -205,6 +210,7 @@ class ProjectionStore:
         self.folds.clear()
         self.seqs = self._load_seqs()
         self._uncommitted.clear()
+        self._recent.clear()
         self.broken = False
 
     def checkpoint(self) -> bool:
@@ -222,6 +228,19 @@ class ProjectionStore:
     def reader(self) -> duckdb.DuckDBPyConnection:
         """A cursor for one reader thread: it sees committed batches only (MVCC)."""
         return self.con.cursor()
+
+    def recent_status(self, case_id: str) -> tuple[int, tuple] | None:
+        """`(checkpoint, row)`: the case's committed `case_status` row, as of the checkpoint,
+        if a recent commit wrote it; None otherwise (ask the file).
+
+        A commit replaces or drops the rows of every case it changes before its
+        checkpoint moves, so the row is the one a reader of the file would see at
+        that checkpoint; a case that no longer has a row (all its events retracted)
+        is not kept.
+        """
+        with self._lock:
+            row = self._recent.get(case_id)
+            return None if row is None else (self.position, row)
 
     def case_seqs(self, case_id: str) -> list[int]:
         """The record seqs of a case's rows (committed, or about to be: readers filter)."""
@@ -325,8 +344,23 @@ class ProjectionStore:
         with self._lock:
             self.position = self._held.last_seq
             del self._uncommitted[: len(self._held.batches)]
+            self._remember(self._held.batches)
         self._held = _Held(self.position)
         return self.position
+
+    def _remember(self, batches: list[Prepared]) -> None:
+        """The status rows just committed replace what `recent_status` held of their cases."""
+        recent = self._recent
+        keep = sum(len(p.status) for p in batches) <= RECENT_STATUS
+        for p in batches:
+            for case_id in p.status_cases:  # replaced, or gone
+                recent.pop(case_id, None)
+            for row in p.status.rows:
+                recent.pop(row[0], None)  # (re-inserted last: the newest are kept)
+                if keep:
+                    recent[row[0]] = row
+        while len(recent) > RECENT_STATUS:
+            del recent[next(iter(recent))]
 
     def _failed(self) -> None:
         self._held = _Held(self.position)

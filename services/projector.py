@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 from nats.aio.msg import Msg
 
+from projections import case_status
 from projections import sql as projection_sql
 from projections.queries import Filters, Reader
 from projections.store import ProjectionStore
@@ -313,6 +314,14 @@ class Projector:
                 f"the projection has applied seq {self.position}, not yet {request.min_seq}; "
                 "ask again shortly",
             )
+        if name == "status" and request.on is None and request.known_at is None:
+            # A case a recent commit wrote is answered here, without a statement or a
+            # thread (most status questions right after a submission are such).
+            assert self.store is not None
+            recent = self.store.recent_status(request.case_id)
+            if recent is not None:
+                as_of_seq, row = recent
+                return _encoder.encode(case_status.from_row(row, utc_today(), as_of_seq))
         answer = await asyncio.get_running_loop().run_in_executor(
             self._query_threads, self._read, name, request
         )

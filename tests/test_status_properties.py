@@ -20,10 +20,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from projections import case_status
 from projections.effective import effective
 from projections.queries import Reader
 from projections.status import derive_status
-from projections.store import ProjectionStore
+from projections.store import ProjectionStore, checkpoint_of
 from projections.summary import summary
 from tests.histories import TODAY, arrival, as_dicts, delivered, history, recorded_at, records
 from tests.reference_status import reference_status
@@ -126,6 +127,21 @@ def test_live_projection_equals_a_rebuild_over_many_histories(events, rng: rando
     live_equals_rebuild(events, rng)
 
 
+def recent_rows_are_the_committed_ones(store: ProjectionStore, cases: list[str]) -> None:
+    """What `recent_status` answers without a statement is what the file holds at its checkpoint."""
+    cur = store.reader()
+    for case_id in cases:
+        recent = store.recent_status(case_id)
+        stored = cur.execute(
+            f"SELECT {case_status.COLUMNS} FROM case_status WHERE case_id = ?", [case_id]
+        ).fetchall()
+        if recent is None:
+            continue  # not kept: asked of the file
+        checkpoint, row = recent
+        assert checkpoint == store.position == checkpoint_of(cur)
+        assert stored == [tuple(row)], case_id
+
+
 def live_equals_rebuild(events: list[dict], rng: random.Random) -> None:
     recs = records(events)
     log = delivered(recs)
@@ -137,6 +153,12 @@ def live_equals_rebuild(events: list[dict], rng: random.Random) -> None:
             return ProjectionStore(path, hold_rows=rng.randint(1, 8))
 
         live = opened()
+        cases = sorted({e["case_id"] for e in events})
+
+        def commit(prepared) -> None:
+            live.commit(prepared, hold=rng.random() < 0.6)
+            recent_rows_are_the_committed_ones(live, cases)
+
         position = 0
         pending = None  # prepared, its commit not yet started (as while it waits for the writer)
         while position < len(log):
@@ -144,26 +166,28 @@ def live_equals_rebuild(events: list[dict], rng: random.Random) -> None:
             # Some records come again (a redelivery): they must change nothing.
             start = max(0, position - rng.randint(0, 2))
             if pending is not None and rng.random() < 0.5:
-                live.commit(pending, hold=rng.random() < 0.6)
+                commit(pending)
                 pending = None
             # Else folded before the batch before it is committed, as the projector may.
             prepared = live.prepare(log[start : position + size])
             if pending is not None:
-                live.commit(pending, hold=rng.random() < 0.6)
+                commit(pending)
             pending = prepared
             position += size
             if rng.random() < 0.2:  # a restart: folds are gone, the file stays
                 if pending is not None:
-                    live.commit(pending, hold=rng.random() < 0.6)
+                    commit(pending)
                     pending = None
                 if rng.random() < 0.7:
                     live.flush()
+                    recent_rows_are_the_committed_ones(live, cases)
                 live.close()  # what is still held is lost, as in a crash: read again from the file's checkpoint
                 live = opened()
                 position = live.position
         if pending is not None:
-            live.commit(pending, hold=rng.random() < 0.6)
+            commit(pending)
         live.flush()
+        recent_rows_are_the_committed_ones(live, cases)
         rebuilt = ProjectionStore(":memory:")
         rebuilt.apply(log)
         assert live.position == rebuilt.position == len(log)

@@ -280,3 +280,35 @@ def test_a_correction_of_a_held_row_changes_its_state_before_it_is_written(tmp_p
     status = assert_status_is_derived(store, case, recs)
     assert (status.custody, status.events) == ("house_arrest", 2)
     store.close()
+
+
+def test_recent_status_rows_follow_each_commit_and_a_case_retracted_away_is_not_kept(tmp_path) -> None:
+    case, other = "ru-2024-recent", "ru-2024-other"
+    recs = records([
+        opened(case, occurred_on="2024-01-10"),
+        event("charged", case, "c", "2024-01-12",
+              charges=[{"code": "RU-CC", "article": "207.3", "part": "2"}]),
+        opened(other, occurred_on="2024-01-11"),
+        event("event_retracted", case, "x-c", "2024-01-20", target_event_id="c", reason="wrong case"),
+        event("event_retracted", case, "x-o", "2024-01-20",
+              target_event_id=f"{case}-opened", reason="wrong case"),
+    ])
+    log = delivered(recs)
+    store = ProjectionStore(tmp_path / "p.duckdb")
+    cur = store.reader()
+    assert store.recent_status(case) is None  # nothing committed yet
+    store.apply(log[:3])
+    checkpoint, row = store.recent_status(case)
+    assert checkpoint == 3
+    assert cur.execute("SELECT * FROM case_status WHERE case_id = ?", [case]).fetchall() == [tuple(row)]
+    assert row[6] == ["RU-CC 207.3(2)"]  # charges, as the row was committed
+    store.apply(log[3:4])  # the charge retracted: the row replaced
+    checkpoint, row = store.recent_status(case)
+    assert (checkpoint, row[6]) == (4, [])
+    store.apply(log[4:])  # every event retracted: no row in the file, none kept
+    assert cur.execute("SELECT count(*) FROM case_status WHERE case_id = ?", [case]).fetchall() == [(0,)]
+    assert store.recent_status(case) is None
+    assert store.recent_status(other)[0] == 5  # untouched since, still its row: as of the checkpoint
+    store.reset()
+    assert store.recent_status(other) is None  # after a failure: asked of the file
+    store.close()
