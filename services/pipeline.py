@@ -49,13 +49,26 @@ class Pipeline:
         self._position = store.position  # the last checkpoint `committed` was told of
 
     async def add(
-        self, batch: Sequence[tuple[int, bytes]], *, freeze: bool = False, hold: bool = False
+        self,
+        batch: Sequence[tuple[int, bytes]],
+        *,
+        freeze: bool = False,
+        hold: bool = False,
+        alone: bool = False,
     ) -> None:
         """Fold `batch` (while the commit before goes on), then start its commit.
 
         `hold`: its transaction may stay open for the batches after it (catching up).
+        `alone`: nothing is committing, nor will be until this batch is (following the
+        head): fold it on the writer thread, just before its commit, and spare the
+        hand-over between threads.
         """
         loop = asyncio.get_running_loop()
+        if alone and not hold and self._committing is None:
+            self._start(loop.run_in_executor(self.writer, _fold_and_commit, self.store, batch))
+            if freeze or len(batch) >= FREEZE_AFTER:
+                gc.freeze()
+            return
         started = time.perf_counter()
         prepared = await loop.run_in_executor(self.folder, self.store.prepare, batch)
         if freeze or len(batch) >= FREEZE_AFTER:
@@ -66,12 +79,18 @@ class Pipeline:
             gc.freeze()
         await self.drain()
         if prepared is not None:
-            self._committing = loop.run_in_executor(self.writer, _commit, self.store, prepared, hold)
-            self._committing.add_done_callback(self._done)
-            if self.written is not None:
-                written, last_seq = self.written, prepared.last_seq
-                self._committing.add_done_callback(lambda done: _if_ended_well(done) and written(last_seq))
+            self._start(loop.run_in_executor(self.writer, _commit, self.store, prepared, hold), prepared.last_seq)
         log.debug("folded %d records in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
+
+    def _start(self, committing: asyncio.Future[int], last_seq: int | None = None) -> None:
+        """A commit in hand; `written(last_seq)` once it ended well (by default, its checkpoint)."""
+        self._committing = committing
+        committing.add_done_callback(self._done)
+        if self.written is not None:
+            written = self.written
+            committing.add_done_callback(
+                lambda done: _if_ended_well(done) and written(done.result() if last_seq is None else last_seq)
+            )
 
     async def drain(self) -> None:
         """Until the commit in hand has ended; its failure is raised here."""
@@ -117,6 +136,11 @@ class Pipeline:
 
 def _if_ended_well(done: asyncio.Future[int]) -> bool:
     return not done.cancelled() and done.exception() is None
+
+
+def _fold_and_commit(store: ProjectionStore, batch: Sequence[tuple[int, bytes]]) -> int:
+    prepared = store.prepare(batch)
+    return store.position if prepared is None else _commit(store, prepared, False)
 
 
 def _commit(store: ProjectionStore, prepared: Prepared, hold: bool) -> int:

@@ -200,7 +200,9 @@ class Projector:
             async with self._feed(self.settings, self.position + 1) as feed:
                 async for batch in feed.batches():
                     hold = not feed.at_head and not first
-                    await pipeline.add(batch, freeze=feed.at_head and catching_up, hold=hold)
+                    await pipeline.add(
+                        batch, freeze=feed.at_head and catching_up, hold=hold, alone=feed.at_head
+                    )
                     first = False
                     if not feed.at_head:
                         catching_up = True
