@@ -351,14 +351,15 @@ class ProjectionStore:
     def _remember(self, batches: list[Prepared]) -> None:
         """The status rows just committed replace what `recent_status` held of their cases."""
         recent = self._recent
-        keep = sum(len(p.status) for p in batches) <= RECENT_STATUS
+        if sum(len(p.status) for p in batches) > RECENT_STATUS:
+            recent.clear()  # catching up: none kept (and the lock is not held for long)
+            return
         for p in batches:
             for case_id in p.status_cases:  # replaced, or gone
                 recent.pop(case_id, None)
             for row in p.status.rows:
                 recent.pop(row[0], None)  # (re-inserted last: the newest are kept)
-                if keep:
-                    recent[row[0]] = row
+                recent[row[0]] = row
         while len(recent) > RECENT_STATUS:
             del recent[next(iter(recent))]
 

@@ -312,3 +312,19 @@ def test_recent_status_rows_follow_each_commit_and_a_case_retracted_away_is_not_
     store.reset()
     assert store.recent_status(other) is None  # after a failure: asked of the file
     store.close()
+
+
+def test_recent_status_keeps_the_newest_cases_and_none_of_a_large_commit(tmp_path, monkeypatch) -> None:
+    from projections import store as store_module
+
+    monkeypatch.setattr(store_module, "RECENT_STATUS", 2)
+    log = delivered(records([opened(f"ru-2024-k{n}", occurred_on="2024-01-10") for n in range(6)]))
+    store = ProjectionStore(tmp_path / "p.duckdb")
+    for n in range(3):
+        store.apply(log[n : n + 1])
+    # The oldest of three is let go; the two newest are answered at the checkpoint.
+    assert store.recent_status("ru-2024-k0") is None
+    assert [store.recent_status(f"ru-2024-k{n}")[0] for n in (1, 2)] == [3, 3]
+    store.apply(log[3:])  # three rows, more than are kept, in one commit (as catching up): none kept
+    assert all(store.recent_status(f"ru-2024-k{n}") is None for n in range(6))
+    store.close()
