@@ -66,17 +66,11 @@ class Pipeline:
         loop = asyncio.get_running_loop()
         if alone and not hold and self._committing is None:
             self._start(loop.run_in_executor(self.writer, _fold_and_commit, self.store, batch))
-            if freeze or len(batch) >= FREEZE_AFTER:
-                gc.freeze()
+            _freeze_after(batch, freeze)
             return
         started = time.perf_counter()
         prepared = await loop.run_in_executor(self.folder, self.store.prepare, batch)
-        if freeze or len(batch) >= FREEZE_AFTER:
-            # What survives a large batch (the folds above all) lives long: out of the
-            # collector's sight, so that it is not scanned again (at 1M events a full
-            # collection took 1.8 s). Frozen objects are still freed with their last
-            # reference; only cycles would stay.
-            gc.freeze()
+        _freeze_after(batch, freeze)
         await self.drain()
         if prepared is not None:
             self._start(loop.run_in_executor(self.writer, _commit, self.store, prepared, hold), prepared.last_seq)
@@ -136,6 +130,15 @@ class Pipeline:
 
 def _if_ended_well(done: asyncio.Future[int]) -> bool:
     return not done.cancelled() and done.exception() is None
+
+
+def _freeze_after(batch: Sequence[tuple[int, bytes]], freeze: bool) -> None:
+    """What survives a large batch (the folds above all) lives long: out of the
+    collector's sight, so that it is not scanned again (at 1M events a full
+    collection took 1.8 s). Frozen objects are still freed with their last
+    reference; only cycles would stay."""
+    if freeze or len(batch) >= FREEZE_AFTER:
+        gc.freeze()
 
 
 def _fold_and_commit(store: ProjectionStore, batch: Sequence[tuple[int, bytes]]) -> int:
