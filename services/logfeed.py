@@ -127,9 +127,14 @@ async def _reader_connection(settings: Settings) -> Any:
 
 
 async def _open(nc: Any, js: Any, start: int, window: int, max_batch: int) -> LogReader:
-    """A reader from `start`: of one window while far behind the head; following it near it."""
+    """A reader from `start`: of one window while far behind the head; following it near it.
+
+    A window ends short of the head: its last records are read by following the head,
+    whose first batch commits what a catch-up holds (a batch from behind the head may
+    be held for the next: nothing would commit it while the log stays quiet).
+    """
     head = (await stream_state(nc)).last_seq
-    stop = min(head, start + window - 1) if head - start >= max_batch else None
+    stop = min(head - 1, start + window - 1) if head - start >= max_batch else None
     return await LogReader(js, start, stop).__aenter__()
 
 

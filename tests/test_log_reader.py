@@ -114,7 +114,9 @@ async def test_follow_hands_on_every_record_once_across_windows_then_follows_the
     behind = [size for size, head in zip(sizes, at_head) if not head]
     in_first_window = next(n for n in range(1, len(behind) + 1) if sum(behind[:n]) == 100)
     assert behind[1:in_first_window] == [40] * (in_first_window - 2) + [(100 - behind[0]) % 40 or 40]
-    assert behind[in_first_window:] == [40, 40, 20] * 9
+    # The last window ends short of the head: seq 1000 comes by following it.
+    assert behind[in_first_window:] == [40, 40, 20] * 8 + [40, 40, 19]
+    assert sum(behind) == 999 and all(at_head[len(behind) :])
 
 
 class _Delivered:

@@ -306,6 +306,39 @@ async def test_catching_up_far_behind_commits_batches_together_and_equals_a_rebu
     assert_projection_is_a_clean_rebuild(db, raw, tmp_path / "rebuild.duckdb")
 
 
+async def test_following_the_head_a_burst_sends_it_back_to_catch_up_then_it_follows_again(
+    nats_server, nc, recorder, settings, tmp_path, monkeypatch
+) -> None:
+    """At the head the writer thread commits what the reader took as it arrived; a
+    submission larger than a batch puts the reader behind (windows again), and the
+    projector catches up and follows the head again: the same projection as a rebuild,
+    with queries answered all along."""
+    from benchmarks.workload import generate
+    from services import logfeed
+    from services.projector import Projector
+    from tests.faults import assert_projection_is_a_clean_rebuild, log_contents
+
+    monkeypatch.setattr(logfeed, "MAX_BATCH", 50)
+    monkeypatch.setattr(logfeed, "WINDOW", 100)
+    events = generate(1500, seed=12)
+    projector = Projector(settings, tmp_path / "p.duckdb")
+    await projector.start()
+    queries = QueryClient(nc, timeout=15)
+    try:
+        async with asyncio.timeout(120):
+            for part in (events[:100], events[100:1400], events[1400:]):
+                # In submissions of ten at the head; the middle one in submissions of 500.
+                size = 500 if len(part) > 500 else 10
+                results = await Publisher(nc, "bulk", batch_size=size).submit_many(part)
+                assert all(r.ok for r in results)
+                last = max(r.seq for r in results if r.seq is not None)
+                await queries.stats(min_seq=last)  # visible once committed
+                assert projector.position >= last
+    finally:
+        await projector.stop()
+    assert_projection_is_a_clean_rebuild(tmp_path / "p.duckdb", await log_contents(nc), tmp_path / "rebuild.duckdb")
+
+
 async def test_up_demo_answers_the_sample_case_status(tmp_path) -> None:
     from services.natsserver import free_port
 
