@@ -1,23 +1,27 @@
-"""The log, read from a position on, as batches of `(seq, bytes)`: in this process or a child.
+"""The log, read from a position on by a child process, as batches of `(seq, bytes)`.
 
 Reading NATS costs nats-py about as much Python time per message as applying it
 to the projections costs the projector, and both would share one GIL. So the
 projector reads through `ChildFeed`: a child process (`python -m services.logfeed`)
 follows the log with `LogReader` and hands raw batches over a pipe, and the
-projector's process only applies them. `InlineFeed` does the same in this process (tests, small setups).
+projector's process only applies them.
 
-Both read the same way: far behind the head of the log, bounded windows (so what
-is buffered stays bounded, however long the log); near it, they follow it. The
-next window is read once the one before has arrived, while it is handed on: two
+Far behind the head of the log the child reads bounded windows (so what is
+buffered stays bounded, however long the log); near it, it follows it. The next
+window is read once the one before has arrived, while it is handed on: two
 windows at most are held, and the projector never waits for a window to start.
 
-Batches are asked for one at a time (a credit byte on the child's stdin).
-Following the head, a batch is asked for when the projector is ready to fold it,
-and the reader hands on what has arrived by then (up to MAX_BATCH records), so
-that what arrives while the projector is busy gathers into one batch. Catching up,
-the next is asked for as soon as one arrives, so that it crosses the pipe while
-this one is folded, and is handed on whole (MAX_BATCH records, or the rest of a
-window): every batch costs a commit. The first goes as soon as anything has arrived.
+Batches are asked for one at a time (a credit byte on the child's stdin), and the
+child hands on what has arrived by then (up to MAX_BATCH records). Catching up,
+`batches()` asks for the next as soon as one arrives, so that it crosses the pipe
+while this one is folded, and the child hands it on whole (MAX_BATCH records, or
+the rest of a window): every batch costs a commit. The first goes as soon as
+anything has arrived: progress shows early.
+
+Following the head, `take()` is fed by the receiving thread, which asks again as
+soon as a batch arrives and holds what arrives (up to MAX_BATCH records) until it
+is taken: what arrived during a commit is there when the commit ends, taken in
+one go by the thread that committed, with no round trip through the pipe.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 from array import array
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -145,50 +150,6 @@ async def _asked(asked: Callable[[], Awaitable[None]]) -> None:
         raise HandOnFailed(str(exc)) from exc
 
 
-class InlineFeed:
-    """The log read in this process."""
-
-    def __init__(self, settings: Settings, start_seq: int, *, window: int | None = None) -> None:
-        self.settings = settings
-        self.start_seq = start_seq
-        self.window = window or WINDOW
-        self.max_batch = MAX_BATCH
-        self._queue: asyncio.Queue[tuple[Batch, bool]] = asyncio.Queue()
-        self._asks: asyncio.Queue[None] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
-        self._nc: Any = None
-        self.at_head = False  # whether the last batch came from following the head
-
-    async def __aenter__(self) -> InlineFeed:
-        self._nc = await _reader_connection(self.settings)
-        async def hand_on(batch: Batch, at_head: bool) -> None:
-            await self._queue.put((batch, at_head))
-
-        self._task = asyncio.create_task(
-            follow(self._nc, self.start_seq, hand_on, self._asks.get, window=self.window, max_batch=self.max_batch)
-        )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        if self._nc is not None:
-            await self._nc.close()
-
-    async def batches(self) -> AsyncIterator[Batch]:
-        asked = False
-        while True:
-            if not asked:
-                self._asks.put_nowait(None)
-            batch, self.at_head = await self._queue.get()
-            asked = not self.at_head  # catching up: the next, while this one is folded
-            if asked:
-                self._asks.put_nowait(None)
-            yield batch
-
-
 class ChildFeed:
     """The log read by a child process (`python -m services.logfeed`), batches over its stdout.
 
@@ -196,6 +157,10 @@ class ChildFeed:
     size and at_head (little-endian u64s), the seqs (i64 each), the record lengths
     (u32 each), then the records end to end: one write and one read per batch,
     nothing per record but a slice.
+
+    Read either with `batches()` (on the event loop) or, following the head, with
+    `take()` (on another thread); `batches()` goes on after `take()` has handed on a
+    batch from behind the head.
     """
 
     def __init__(self, settings: Settings, start_seq: int, *, window: int | None = None) -> None:
@@ -208,6 +173,13 @@ class ChildFeed:
         self.at_head = False  # whether the last batch came from following the head
         # Reads block outside the GIL.
         self._receiver = ThreadPoolExecutor(1, thread_name_prefix="logfeed-recv")
+        # Following the head (`take`): what the receiving thread holds, and its state.
+        self._held: list[tuple[Batch, bool]] = []
+        self._held_records = 0
+        self._streaming = False
+        self._closed = False
+        self._failed = False
+        self._changed = threading.Condition()
 
     async def __aenter__(self) -> ChildFeed:
         env = {**os.environ, SETTINGS_ENV: msgspec.json.encode(self.settings).decode()}
@@ -220,6 +192,9 @@ class ChildFeed:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        with self._changed:
+            self._closed = True  # `take` hands on nothing more
+            self._changed.notify_all()
         process = self._process
         if process is not None:
             process.terminate()
@@ -244,6 +219,10 @@ class ChildFeed:
         self._process.stdin.flush()
         return read_frame(self._process.stdout)
 
+    def _ended(self) -> ConnectionError:
+        code = self._process.poll() if self._process is not None else None
+        return ConnectionError(f"the log reader process ended (exit code {code})")
+
     async def batches(self) -> AsyncIterator[Batch]:
         loop = asyncio.get_running_loop()
         while True:
@@ -254,11 +233,65 @@ class ChildFeed:
                 batch, self.at_head = await self._pending
             except (EOFError, OSError, ValueError):
                 self._pending = None
-                code = self._process.poll() if self._process is not None else None
-                raise ConnectionError(f"the log reader process ended (exit code {code})") from None
+                raise self._ended() from None
             # Catching up: the next batch is read while this one is folded.
             self._pending = None if self.at_head else loop.run_in_executor(self._receiver, self._receive)
             yield batch
+
+    def take(self) -> tuple[Batch, bool] | None:
+        """The batches that have arrived, as one (up to MAX_BATCH records), and whether
+        the last came from following the head; None once the feed is closed.
+
+        Blocks until something has arrived. For one thread, between batches of
+        `batches()` that came from following the head: the first call starts the
+        receiving thread streaming (each batch asked for as soon as the one before
+        arrived), which stops after a batch from behind the head.
+        """
+        with self._changed:
+            if not (self._streaming or self._held or self._closed or self._failed):
+                assert self._pending is None, "take() while batches() reads"
+                self._streaming = True
+                self._receiver.submit(self._stream)
+            self._changed.wait_for(lambda: self._held or self._closed or self._failed or not self._streaming)
+            if self._closed:
+                return None
+            if not self._held:
+                raise self._ended()
+            taken, records = 1, len(self._held[0][0])
+            while taken < len(self._held) and records + len(self._held[taken][0]) <= self.max_batch:
+                records += len(self._held[taken][0])
+                taken += 1
+            frames, self._held[:taken] = self._held[:taken], []
+            self._held_records -= records
+            self._changed.notify_all()
+        self.at_head = frames[-1][1]
+        batch = frames[0][0] if taken == 1 else [record for frame, _ in frames for record in frame]
+        return batch, self.at_head
+
+    def _stream(self) -> None:
+        """On the receiving thread: ask for the next batch as soon as one arrives, and
+        hold what arrives for `take` (up to MAX_BATCH records), until a batch comes
+        from behind the head (or the feed closes or the child ends)."""
+        try:
+            while True:
+                with self._changed:
+                    self._changed.wait_for(lambda: self._closed or self._held_records < self.max_batch)
+                    if self._closed:
+                        return
+                batch, at_head = self._receive()
+                with self._changed:
+                    self._held.append((batch, at_head))
+                    self._held_records += len(batch)
+                    self._changed.notify_all()
+                if not at_head:
+                    return
+        except (EOFError, OSError, ValueError):
+            with self._changed:
+                self._failed = True
+        finally:
+            with self._changed:
+                self._streaming = False
+                self._changed.notify_all()
 
 
 SETTINGS_ENV = "CASETRAIL_LOGFEED_SETTINGS"

@@ -8,6 +8,9 @@ when the one before has ended, so commits stay in log order.
 Catching up, batches are added with `hold=True`: the store holds them and writes
 them in one transaction once they make a row group (`ProjectionStore.commit`), or
 at `flush` (and at `close`).
+
+Following the head, the projector hands the writer thread a way to take batches
+(`follow`): it folds and commits each in turn, on its own.
 """
 
 from __future__ import annotations
@@ -54,20 +57,12 @@ class Pipeline:
         *,
         freeze: bool = False,
         hold: bool = False,
-        alone: bool = False,
     ) -> None:
         """Fold `batch` (while the commit before goes on), then start its commit.
 
         `hold`: its transaction may stay open for the batches after it (catching up).
-        `alone`: nothing is committing, nor will be until this batch is (following the
-        head): fold it on the writer thread, just before its commit, and spare the
-        hand-over between threads.
         """
         loop = asyncio.get_running_loop()
-        if alone and not hold and self._committing is None:
-            self._start(loop.run_in_executor(self.writer, _fold_and_commit, self.store, batch))
-            _freeze_after(batch, freeze)
-            return
         started = time.perf_counter()
         prepared = await loop.run_in_executor(self.folder, self.store.prepare, batch)
         _freeze_after(batch, freeze)
@@ -75,6 +70,30 @@ class Pipeline:
         if prepared is not None:
             self._start(loop.run_in_executor(self.writer, _commit, self.store, prepared, hold), prepared.last_seq)
         log.debug("folded %d records in %.1f ms", len(batch), (time.perf_counter() - started) * 1000)
+
+    async def follow(self, take: Callable[[], tuple[Sequence[tuple[int, bytes]], bool] | None]) -> None:
+        """Following the head: on the writer thread, fold and commit each batch `take()`
+        hands over, until one comes from behind the head or `take()` gives None.
+
+        Batches are small here and their commits cost far more than their folds: each
+        is folded just before its commit, and the next taken as the commit ends, with
+        no hand-over between threads. `committed` is told of each commit.
+        """
+        loop = asyncio.get_running_loop()
+
+        def run() -> int:
+            while (taken := take()) is not None:
+                batch, at_head = taken
+                position = _fold_and_commit(self.store, batch)
+                _freeze_after(batch, False)
+                loop.call_soon_threadsafe(self._advanced, position)
+                if not at_head:
+                    break
+            return self.store.position
+
+        await self.drain()
+        self._start(loop.run_in_executor(self.writer, run))
+        await self.drain()
 
     def _start(self, committing: asyncio.Future[int], last_seq: int | None = None) -> None:
         """A commit in hand; `written(last_seq)` once it ended well (by default, its checkpoint)."""
@@ -119,9 +138,10 @@ class Pipeline:
             self._committing.add_done_callback(self._done)
 
     def _done(self, done: asyncio.Future[int]) -> None:
-        if not _if_ended_well(done):
-            return
-        position = done.result()
+        if _if_ended_well(done):
+            self._advanced(done.result())
+
+    def _advanced(self, position: int) -> None:
         if position != self._position:
             self._position = position
             if self.committed is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from typing import Any
 
 import nats
 import pytest
@@ -117,6 +118,72 @@ async def test_follow_hands_on_every_record_once_across_windows_then_follows_the
     # The last window ends short of the head: seq 1000 comes by following it.
     assert behind[in_first_window:] == [40, 40, 20] * 8 + [40, 40, 19]
     assert sum(behind) == 999 and all(at_head[len(behind) :])
+
+
+async def _publish(js: Any, first: int, count: int) -> None:
+    acks = [
+        await js.publish_async(subjects.log(f"case-{n % 7}"), str(n).encode(), headers={"Nats-Msg-Id": f"e-{n}"})
+        for n in range(first, first + count)
+    ]
+    for ack in acks:
+        await ack
+
+
+async def test_the_child_feed_gathers_what_arrives_at_the_head_and_reads_on_when_it_falls_behind(
+    nc: nats.NATS, streams: None, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`batches()` catches up; following the head, `take()` hands on what arrived since
+    it was last called as one batch (several frames over the pipe); a burst larger than a batch sends the reader back
+    to windows (`take()` says so), and `batches()` reads on from there: every record
+    once, in order. Closing the feed releases a `take()` that waits."""
+    monkeypatch.setattr(logfeed, "MAX_BATCH", 40)
+    js = nc.jetstream()
+    await _publish(js, 1, 300)
+    loop = asyncio.get_running_loop()
+    got: list[tuple[int, bytes]] = []
+
+    async def take() -> tuple[logfeed.Batch, bool]:
+        taken = await loop.run_in_executor(None, feed.take)
+        assert taken is not None
+        got.extend(taken[0])
+        return taken
+
+    async def batches_until(last: int) -> None:
+        async for batch in feed.batches():
+            got.extend(batch)
+            if got[-1][0] >= last:
+                return
+
+    feed = logfeed.ChildFeed(settings, 1, window=100)
+    async with asyncio.timeout(60):
+        async with feed:
+            await batches_until(300)  # the last window: the next batch follows the head
+            await _publish(js, 301, 1)
+            await batches_until(301)
+            assert feed.at_head
+            await _publish(js, 302, 3)
+            batch, at_head = await take()
+            assert at_head and [seq for seq, _ in batch] == [302, 303, 304]
+            for first, count in ((305, 3), (308, 2)):  # while nobody takes
+                await _publish(js, first, count)
+                await asyncio.sleep(0.3)
+            batch, at_head = await take()
+            assert at_head and [seq for seq, _ in batch] == list(range(305, 310))
+
+            await _publish(js, 310, 150)  # more than a batch: behind the head
+            heads = []
+            while not heads or heads[-1]:
+                batch, at_head = await take()
+                assert len(batch) <= 40
+                heads.append(at_head)
+            await batches_until(459)
+            await _publish(js, 460, 1)
+            await batches_until(460)
+            assert feed.at_head
+            waiting = loop.run_in_executor(None, feed.take)
+        assert await waiting is None
+    assert [seq for seq, _ in got] == list(range(1, 461))
+    assert [int(data) for _, data in got] == list(range(1, 461))
 
 
 class _Delivered:
