@@ -11,7 +11,8 @@ so every run measures the same events). In order:
 2. ingest: the publisher client through a recorder process, durable acks: the
    first events in submissions of ten, 16 in flight (what many small publishers
    cost: group commit), the rest in submissions of 500, 8 in flight (the figure
-   judged against the ceilings);
+   judged against the ceilings), then the atomic ceiling again (the ceiling
+   judged against: the mean of its two reads);
 3. the peer: the `eventsourcing` library with SQLite, per command and batched;
 4. catch-up: a projector process from an empty projection, between two reads of
    the log by a bare ordered consumer (the ceiling: their mean); the peer's
@@ -144,8 +145,8 @@ async def run(plan: Plan) -> dict[str, Any]:
         n = plan.ceiling_events
         publish_async = await ingest.ceiling_publish_async(url, events[:n], payloads[:n])
         say(f"ceiling, publish_async: {publish_async:,.0f} events/s")
-        atomic = await ingest.ceiling_atomic(url, events[:n], payloads[:n])
-        say(f"ceiling, atomic batches of 500: {atomic:,.0f} events/s")
+        atomic_before = await ingest.ceiling_atomic(url, events[:n], payloads[:n])
+        say(f"ceiling, atomic batches of 500: {atomic_before:,.0f} events/s")
 
         recorder = projection.service("recorder", url, log_path=data / "recorder.log")
         processes.append(recorder)
@@ -155,6 +156,11 @@ async def run(plan: Plan) -> dict[str, Any]:
         say(f"recorder, submissions of {SMALL[0]} ({SMALL[1]} in flight): {small:,.0f} events/s")
         recorded = await ingest.recorder(url, payloads[k:])
         say(f"recorder: {recorded:,.0f} events/s")
+        # A few seconds of ceiling against most of a minute of recorder: the VM's speed
+        # moves between the two, so the ceiling is measured on both sides (their mean).
+        atomic_after = await ingest.ceiling_atomic(url, events[:n], payloads[:n])
+        atomic = (atomic_before + atomic_after) / 2
+        say(f"ceiling, atomic batches of 500 again: {atomic_after:,.0f} events/s (mean {atomic:,.0f})")
         last_seq = (await stream_state(nc)).last_seq
         del payloads
 
@@ -212,6 +218,7 @@ async def run(plan: Plan) -> dict[str, Any]:
                 "events_per_s": round(recorded),
                 "ceiling_events_per_s": round(publish_async),
                 "atomic_ceiling_events_per_s": round(atomic),
+                "atomic_ceiling_samples_events_per_s": [round(atomic_before), round(atomic_after)],
                 "peer_events_per_s": round(peer_single),
                 "peer_batch_events_per_s": round(peer_batch),
                 "small_submissions": {
