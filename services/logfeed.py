@@ -175,7 +175,6 @@ class ChildFeed:
         self._receiver = ThreadPoolExecutor(1, thread_name_prefix="logfeed-recv")
         # Following the head (`take`): what the receiving thread holds, and its state.
         self._held: list[tuple[Batch, bool]] = []
-        self._held_records = 0
         self._streaming = False
         self._closed = False
         self._failed = False
@@ -262,11 +261,13 @@ class ChildFeed:
                 records += len(self._held[taken][0])
                 taken += 1
             frames, self._held[:taken] = self._held[:taken], []
-            self._held_records -= records
             self._changed.notify_all()
         self.at_head = frames[-1][1]
         batch = frames[0][0] if taken == 1 else [record for frame, _ in frames for record in frame]
         return batch, self.at_head
+
+    def _held_records(self) -> int:
+        return sum(len(batch) for batch, _ in self._held)
 
     def _stream(self) -> None:
         """On the receiving thread: ask for the next batch as soon as one arrives, and
@@ -275,13 +276,12 @@ class ChildFeed:
         try:
             while True:
                 with self._changed:
-                    self._changed.wait_for(lambda: self._closed or self._held_records < self.max_batch)
+                    self._changed.wait_for(lambda: self._closed or self._held_records() < self.max_batch)
                     if self._closed:
                         return
                 batch, at_head = self._receive()
                 with self._changed:
                     self._held.append((batch, at_head))
-                    self._held_records += len(batch)
                     self._changed.notify_all()
                 if not at_head:
                     return
