@@ -250,14 +250,11 @@ class Reader:
         found: dict[str, list[timeline.Stored]] = {case_id: [] for case_id in case_ids}
         if not seqs:
             return found
-        self.cur.register("_asked_seqs", pa.table({"seq": pa.array(seqs, pa.int64())}))
-        try:
-            rows = self.cur.execute(
-                "SELECT t.case_id, t.record_seq, t.recorded_at, t.recorded_by, t.event "
-                "FROM _asked_seqs a JOIN timeline t ON t.record_seq = a.seq ORDER BY t.record_seq"
-            ).fetchall()
-        finally:
-            self.cur.unregister("_asked_seqs")
+        asked_seqs = pa.table({"seq": pa.array(seqs, pa.int64())})  # noqa: F841 (read by name: store.py)
+        rows = self.cur.execute(
+            "SELECT t.case_id, t.record_seq, t.recorded_at, t.recorded_by, t.event "
+            "FROM asked_seqs a JOIN timeline t ON t.record_seq = a.seq ORDER BY t.record_seq"
+        ).fetchall()
         for case_id, *row in rows:
             found[case_id].append(timeline.stored(*row))
         return found
