@@ -43,6 +43,9 @@ def binary() -> str:
     return found
 
 
+PORT_RETRIES = 3
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -76,6 +79,11 @@ class NatsServer:
         self.host = host
         self.port = port or free_port(host)
         self.http_port = http_port or free_port(host)
+        # Ports picked here may be taken by another socket before the server binds
+        # them: it is then started again on others (`wait_ready`).
+        self._picked = (port is None, http_port is None)
+        self._log_start = 0  # where this start's lines begin in the log
+        self._restarts = 0
         self.name = name
         self.sync_interval = sync_interval
         self.auth_conf = auth_conf
@@ -122,6 +130,7 @@ class NatsServer:
             **self.extra_env,
         }
         log = open(self.log_path, "ab")
+        self._log_start = log.tell()
         self.process = subprocess.Popen(
             [binary(), "-c", str(conf)],
             stdout=log,
@@ -140,6 +149,9 @@ class NatsServer:
         last: BaseException | None = None
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
+                if self._port_taken():
+                    self._restart_on_other_ports()
+                    continue
                 raise NatsServerError(
                     f"nats-server exited with {self.process.returncode}; see {self.log_path}"
                 )
@@ -163,6 +175,23 @@ class NatsServer:
                 last = exc
                 await asyncio.sleep(0.02)
         raise NatsServerError(f"nats-server not ready after {timeout:.0f}s: {last!r}")
+
+    def _port_taken(self) -> bool:
+        """Whether the server just stopped because a port picked for it was in use by then."""
+        if not any(self._picked) or self._restarts >= PORT_RETRIES:
+            return False
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return b"address already in use" in log.read()
+
+    def _restart_on_other_ports(self) -> None:
+        self._restarts += 1
+        picked_port, picked_http = self._picked
+        if picked_port:
+            self.port = free_port(self.host)
+        if picked_http:
+            self.http_port = free_port(self.host)
+        self.start()
 
     def signal(self, sig: int) -> None:
         if self.process is not None and self.process.poll() is None:
