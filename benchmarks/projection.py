@@ -44,7 +44,7 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from benchmarks.workload import generate
 from schemas.dates import utc_today
-from services import subjects
+from services import children, subjects
 from services.client import Publisher
 from services.log import stream_state
 from services.natsserver import NatsServer
@@ -83,13 +83,7 @@ def service(name: str, url: str, *args: str, log_path: Path) -> subprocess.Popen
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+    children.stop(process, 30)
 
 
 def cpu_times() -> list[int]:

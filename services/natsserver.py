@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sysconfig
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import nats
 
+from services import children
 from services.children import die_with_parent
 from services.connection import quiet
 
@@ -204,14 +204,7 @@ class NatsServer:
             self.process.wait()
 
     def stop(self, timeout: float = 15.0) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        children.stop(self.process, timeout)
 
     @property
     def running(self) -> bool:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import msgspec
 
-from services import subjects
+from services import children, subjects
 from services.access import CredentialStore, auth_conf, tls_conf
 from services.children import die_with_parent
 from services.connection import auth_options, connect, quiet, tls_context
@@ -68,15 +68,7 @@ class Service:
         return self.process is not None and self.process.poll() is None
 
     def stop(self, timeout: float = 10.0) -> None:
-        if not self.running:
-            return
-        assert self.process is not None
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        children.stop(self.process, timeout)
 
 
 async def wait_for_recorder(settings: Settings, timeout: float = 120.0) -> None:
