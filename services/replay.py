@@ -41,7 +41,7 @@ from projections.store import ProjectionStore, checkpoint_of, versions_wanted
 from services.log import stream_state
 from services.logfeed import SETTINGS_ENV, ChildFeed
 from services.pipeline import Pipeline
-from services.runtime import tune_gc
+from services.runtime import YOUNG_CATCHING_UP, tune_gc
 from services.settings import Settings
 
 if TYPE_CHECKING:
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = msgspec.json.decode(os.environ[SETTINGS_ENV], type=Settings)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the projector (or the CLI) decides when to stop
-    tune_gc()
+    tune_gc(YOUNG_CATCHING_UP)  # a replay does nothing but catch up
     out = sys.stdout.buffer
     last = [0.0]
 

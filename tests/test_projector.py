@@ -265,7 +265,8 @@ async def test_catching_up_far_behind_commits_batches_together_and_equals_a_rebu
     projection. Stopped midway, what it holds is committed, and a restart goes on from there."""
     from benchmarks.workload import generate
     from projections import store as store_module
-    from services import logfeed
+    from services import logfeed, runtime
+    from services import projector as projector_module
     from services.projector import Projector
     from tests.faults import assert_projection_is_a_clean_rebuild, log_contents
 
@@ -314,12 +315,16 @@ async def test_following_the_head_a_burst_sends_it_back_to_catch_up_then_it_foll
     projector catches up and follows the head again: the same projection as a rebuild,
     with queries answered all along."""
     from benchmarks.workload import generate
-    from services import logfeed
+    from services import logfeed, runtime
+    from services import projector as projector_module
     from services.projector import Projector
     from tests.faults import assert_projection_is_a_clean_rebuild, log_contents
 
     monkeypatch.setattr(logfeed, "MAX_BATCH", 50)
     monkeypatch.setattr(logfeed, "WINDOW", 100)
+    # The collector's young threshold it asks for (not set here: this is the tests' process).
+    young: list[int] = []
+    monkeypatch.setattr(projector_module, "tune_gc", lambda threshold=runtime.YOUNG: young.append(threshold))
     events = generate(1500, seed=12)
     projector = Projector(settings, tmp_path / "p.duckdb")
     await projector.start()
@@ -337,6 +342,10 @@ async def test_following_the_head_a_burst_sends_it_back_to_catch_up_then_it_foll
     finally:
         await projector.stop()
     assert_projection_is_a_clean_rebuild(tmp_path / "p.duckdb", await log_contents(nc), tmp_path / "rebuild.duckdb")
+    # Young objects are left alone while it catches up, and collected as usual at the head.
+    changes = [threshold for n, threshold in enumerate(young) if n == 0 or young[n - 1] != threshold]
+    # ... it followed the head, fell behind, caught up and follows again.
+    assert changes[-3:] == [runtime.YOUNG, runtime.YOUNG_CATCHING_UP, runtime.YOUNG]
 
 
 async def test_up_demo_answers_the_sample_case_status(tmp_path) -> None:
