@@ -250,7 +250,7 @@ class Reader:
         found: dict[str, list[timeline.Stored]] = {case_id: [] for case_id in case_ids}
         if not seqs:
             return found
-        asked_seqs = pa.table({"seq": pa.array(seqs, pa.int64())})  # noqa: F841 (read by name: store.py)
+        asked_seqs = pa.table({"seq": pa.array(seqs, pa.int64())})  # noqa: F841 (read by name: projections.store)
         rows = self.cur.execute(
             "SELECT t.case_id, t.record_seq, t.recorded_at, t.recorded_by, t.event "
             "FROM asked_seqs a JOIN timeline t ON t.record_seq = a.seq ORDER BY t.record_seq"

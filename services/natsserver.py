@@ -19,7 +19,6 @@ from pathlib import Path
 import nats
 
 from services import children
-from services.children import die_with_parent
 from services.connection import quiet
 
 CONF_DIR = resources.files("services") / "natsconf"
@@ -138,7 +137,7 @@ class NatsServer:
             env=env,
             cwd=self.data_dir,
             start_new_session=True,  # Ctrl-C in a terminal reaches our supervisor, not it
-            preexec_fn=die_with_parent(),  # noqa: PLW1509 (a prctl call only)
+            preexec_fn=children.die_with_parent(),  # noqa: PLW1509 (a prctl call only)
         )
         log.close()
         return self

@@ -26,7 +26,6 @@ import msgspec
 
 from services import children, subjects
 from services.access import CredentialStore, auth_conf, tls_conf
-from services.children import die_with_parent
 from services.connection import auth_options, connect, quiet, tls_context
 from services.natsserver import NatsServer
 from services.settings import Settings
@@ -59,7 +58,7 @@ class Service:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent(),  # noqa: PLW1509 (a prctl call only)
+                preexec_fn=children.die_with_parent(),  # noqa: PLW1509 (a prctl call only)
                 env=env,
             )
 

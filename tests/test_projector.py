@@ -265,8 +265,7 @@ async def test_catching_up_far_behind_commits_batches_together_and_equals_a_rebu
     projection. Stopped midway, what it holds is committed, and a restart goes on from there."""
     from benchmarks.workload import generate
     from projections import store as store_module
-    from services import logfeed, runtime
-    from services import projector as projector_module
+    from services import logfeed
     from services.projector import Projector
     from tests.faults import assert_projection_is_a_clean_rebuild, log_contents
 
