@@ -89,88 +89,91 @@ async def check_everything(
     assert_projection_is_a_clean_rebuild(db, raw, tmp / "rebuild.duckdb")
 
 
+class System:
+    """The recorder and the projector as processes, and a publisher feeding them the
+    workload in paced chunks; each test kills one of them, or the server, on the way."""
+
+    def __init__(
+        self, nats_server: NatsServer, spawn: Callable, tmp_path: Path, **recorder_env: str
+    ) -> None:
+        self.server, self.spawn, self.tmp = nats_server, spawn, tmp_path
+        self.url = ("--nats", nats_server.url)
+        self.db = tmp_path / "projection.duckdb"
+        self.recorder_env = recorder_env or None
+
+    async def start(self, seed: int, *, timeout: float, attempts: int, pause: float) -> None:
+        self.nc = await client(self.server, "casetrail-test")
+        self.start_recorder()
+        self.start_projector()
+        await wait_for_recorder(self.nc)
+        self.events = workload(150, EVENTS, seed=seed)
+        publisher = Publisher(self.nc, "bulk", timeout=timeout, attempts=attempts, batch_size=100)
+        self.ingest = asyncio.create_task(paced_ingest(publisher, self.events, pause=pause))
+
+    def start_recorder(self) -> None:
+        self.recorder = self.spawn("recorder", *self.url, env=self.recorder_env)
+
+    def start_projector(self) -> None:
+        self.projector = self.spawn("projector", "--db", str(self.db), *self.url)
+
+    async def log_position(self) -> int:
+        return (await stream_state(self.nc)).last_seq
+
+    async def finish(self, crashed: list[int], *, during_ingest: bool) -> None:
+        """Every crash happened (all while events were still coming, if `during_ingest`);
+        then `check_everything`."""
+        results = await asyncio.wait_for(self.ingest, timeout=400)
+        assert len(crashed) == CRASHES
+        if during_ingest:
+            assert max(crashed) < EVENTS
+        await check_everything(self.nc, self.events, results, self.projector, self.db, self.tmp)
+        await self.nc.close()
+
+
 async def test_kill_9_the_recorder_at_ten_random_points(
     nats_server, streams, spawn, tmp_path
 ) -> None:
-    nc = await client(nats_server, "casetrail-test")
-    url = ("--nats", nats_server.url)
-    recorder = spawn("recorder", *url)
-    db = tmp_path / "projection.duckdb"
-    projector = spawn("projector", "--db", str(db), *url)
-    await wait_for_recorder(nc)
-    events = workload(150, EVENTS, seed=21)
-    publisher = Publisher(nc, "bulk", timeout=1.5, attempts=100, batch_size=100)
-    ingest = asyncio.create_task(paced_ingest(publisher, events, pause=0.1))
-
-    async def log_position() -> int:
-        return (await stream_state(nc)).last_seq
+    system = System(nats_server, spawn, tmp_path)
+    await system.start(21, timeout=1.5, attempts=100, pause=0.1)
 
     async def crash() -> None:
-        nonlocal recorder
-        recorder.kill()
-        recorder = spawn("recorder", *url)
+        system.recorder.kill()
+        system.start_recorder()
 
-    crashed = await crash_at(crash_points(21, 300, EVENTS - 300), log_position, crash)
-    results = await asyncio.wait_for(ingest, timeout=400)
-    assert len(crashed) == CRASHES and max(crashed) < EVENTS
-    await check_everything(nc, events, results, projector, db, tmp_path)
-    await nc.close()
+    crashed = await crash_at(crash_points(21, 300, EVENTS - 300), system.log_position, crash)
+    await system.finish(crashed, during_ingest=True)
 
 
 async def test_kill_9_the_projector_at_ten_random_points(
     nats_server, streams, spawn, tmp_path
 ) -> None:
-    nc = await client(nats_server, "casetrail-test")
-    url = ("--nats", nats_server.url)
-    spawn("recorder", *url)
-    db = tmp_path / "projection.duckdb"
-    projector = spawn("projector", "--db", str(db), *url)
-    await wait_for_recorder(nc)
-    events = workload(150, EVENTS, seed=22)
-    publisher = Publisher(nc, "bulk", timeout=5, attempts=20, batch_size=100)
-    ingest = asyncio.create_task(paced_ingest(publisher, events, pause=0.3))
-    queries = QueryClient(nc, timeout=1)
+    system = System(nats_server, spawn, tmp_path)
+    await system.start(22, timeout=5, attempts=20, pause=0.3)
+    queries = QueryClient(system.nc, timeout=1)
 
     async def projection_position() -> int:
         return (await queries.stats())["as_of_seq"]
 
     async def crash() -> None:
-        nonlocal projector
-        projector.kill()
-        projector = spawn("projector", "--db", str(db), *url)
+        system.projector.kill()
+        system.start_projector()
 
     # Points in the projection: each kill lands while the projector works through the log.
     crashed = await crash_at(crash_points(22, 200, EVENTS - 200), projection_position, crash)
-    results = await asyncio.wait_for(ingest, timeout=400)
-    assert len(crashed) == CRASHES
-    await check_everything(nc, events, results, projector, db, tmp_path)
-    await nc.close()
+    await system.finish(crashed, during_ingest=False)
 
 
 async def test_kill_9_the_nats_server_at_ten_random_points(
     nats_server, streams, spawn, tmp_path
 ) -> None:
-    nc = await client(nats_server, "casetrail-test")
-    url = ("--nats", nats_server.url)
     # An append whose ack died with the server is retried after this (10 s by default).
-    spawn("recorder", *url, env={"CASETRAIL_REQUEST_TIMEOUT": "2"})
-    db = tmp_path / "projection.duckdb"
-    projector = spawn("projector", "--db", str(db), *url)
-    await wait_for_recorder(nc)
-    events = workload(150, EVENTS, seed=23)
-    publisher = Publisher(nc, "bulk", timeout=2, attempts=100, batch_size=100)
-    ingest = asyncio.create_task(paced_ingest(publisher, events, pause=0.1))
-
-    async def log_position() -> int:
-        return (await stream_state(nc)).last_seq
+    system = System(nats_server, spawn, tmp_path, CASETRAIL_REQUEST_TIMEOUT="2")
+    await system.start(23, timeout=2, attempts=100, pause=0.1)
 
     async def crash() -> None:
         nats_server.kill()  # kill -9: what JetStream has written and synced is all there is
         nats_server.start()  # the same store, the same port
         await nats_server.wait_ready()
 
-    crashed = await crash_at(crash_points(23, 300, EVENTS - 300), log_position, crash)
-    results = await asyncio.wait_for(ingest, timeout=400)
-    assert len(crashed) == CRASHES and max(crashed) < EVENTS
-    await check_everything(nc, events, results, projector, db, tmp_path)
-    await nc.close()
+    crashed = await crash_at(crash_points(23, 300, EVENTS - 300), system.log_position, crash)
+    await system.finish(crashed, during_ingest=True)
