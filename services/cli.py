@@ -115,11 +115,10 @@ async def _connect(nats_url: str, name: str):
 from services.cli_query import query_app  # noqa: E402  (needs the helpers above)
 
 app.add_typer(query_app, name="query")
-# `casetrail log tail|export|verify` (services.cli_log) join `log stats` below.
+# `casetrail log tail|export|verify` (services.cli_log) join `log stats` below;
+# `casetrail replay`, `snapshot`, `report summary` are in services.cli_ops.
 import services.cli_log  # noqa: E402,F401
-# `casetrail replay`, `snapshot`, `report summary` (services.cli_ops).
 import services.cli_ops  # noqa: E402,F401
-
 
 # --- ingest ---------------------------------------------------------------------------
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from services.cli_log import check_output
 from services.cli import (
     EXIT_FAILED,
     EXIT_OK,
@@ -36,6 +35,7 @@ from services.cli import (
     run,
     serve_app,
 )
+from services.cli_log import check_output
 from services.settings import DEFAULT_NATS_URL
 
 report_app = typer.Typer(help="Reports for publication: tables, CSV, Parquet, HTML with charts.", no_args_is_help=True)

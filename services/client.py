@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import msgspec
 from nats.aio.client import Client
-from nats.errors import NoRespondersError, TimeoutError as NatsTimeout
+from nats.errors import NoRespondersError
+from nats.errors import TimeoutError as NatsTimeout
 
 from schemas.errors import Code
 from schemas.events import EventBase

@@ -154,11 +154,11 @@ class LogIndex:
 
     def unread(self, first: int, last: int) -> list[int]:
         """The seqs in first..last that are neither read nor our own."""
-        own = sorted((f, l) for f, l in self._own.items() if l >= first and f <= last)
+        own = sorted((lo, hi) for lo, hi in self._own.items() if hi >= first and lo <= last)
         missing, seq = [], first
-        for f, l in own:
-            missing.extend(range(seq, min(f, last + 1)))
-            seq = max(seq, l + 1)
+        for lo, hi in own:
+            missing.extend(range(seq, min(lo, last + 1)))
+            seq = max(seq, hi + 1)
         missing.extend(range(seq, last + 1))
         return missing
 

@@ -28,7 +28,6 @@ from projections import snapshot
 from projections.report import Summary, summary
 
 
-
 def decode(answer: dict[str, Any]) -> Summary:
     return msgspec.convert(answer, Summary)
 

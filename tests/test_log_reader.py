@@ -10,8 +10,8 @@ import nats
 import pytest
 
 from services import logfeed, subjects
-from services.log import LogReader, headers_for_status_only
 from services.connection import connect
+from services.log import LogReader, headers_for_status_only
 from services.settings import Settings
 
 HEARTBEAT = b"NATS/1.0 100 Idle Heartbeat\r\nNats-Last-Consumer: 5\r\nNats-Last-Stream: 7\r\n\r\n"

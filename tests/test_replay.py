@@ -26,6 +26,7 @@ from tests.helpers import ROOT, event
 from tests.test_projector import start_projector
 from tests.test_projector_crash import tables as projection_tables
 
+
 def tables(path: Path) -> dict[str, list]:
     """Every table of the projection file, its checkpoint and the versions it was built with."""
     found = projection_tables(path)
