@@ -17,8 +17,8 @@ so every run measures the same events). In order:
 4. catch-up: a projector process from an empty projection, between two reads of
    the log by a bare ordered consumer (the ceiling: their mean); the peer's
    rebuild from its notification log;
-5. query latency (status, timeline, filtered cases) and ack-to-visible latency at a
-   fixed offered rate;
+5. query latency (status, timeline, filtered cases) and ack-to-visible latency at
+   fixed offered rates, with the cores each process used meanwhile;
 6. replay of the whole projection (`casetrail replay`) at growing log sizes;
 7. peak RSS of the recorder and the projector.
 
@@ -193,7 +193,10 @@ async def run(plan: Plan) -> dict[str, Any]:
         say(f"queries (ms): {latency}")
         by_rate = []
         for rate in VISIBILITY_RATES:  # the lighter loads first
-            seen = await projection.visibility(nc, queries, rate, plan.visibility_seconds(rate))
+            seen = await projection.visibility(
+                nc, queries, rate, plan.visibility_seconds(rate),
+                processes=projection.service_pids(server, recorder, projector),
+            )
             by_rate.append({"events_per_s": rate, **seen})
             say(f"ack to visible at {rate:,} events/s (ms): {seen}")
         visible = {k: by_rate[-1][k] for k in ("p50", "p99")}
@@ -291,7 +294,10 @@ def _load(v: dict[str, Any]) -> str:
     """How busy the machine was meanwhile (all of it: nats-server, recorder, projector, client)."""
     if "busy_pct" not in v:
         return ""
-    return f"machine {v['busy_pct']:.0f}% busy, {v['steal_pct']:.0f}% stolen by the VM's host"
+    cores = v.get("cores") or {}
+    used = ", ".join(f"{name} {n:.2f}" for name, n in sorted(cores.items(), key=lambda c: -c[1]))
+    return (f"machine {v['busy_pct']:.0f}% busy{f' (cores: {used})' if used else ''}, "
+            f"{v['steal_pct']:.0f}% stolen by the VM's host")
 
 
 def _down(x: float, digits: int) -> str:

@@ -11,7 +11,8 @@ Measured in one run against one embedded nats-server:
 - `visibility_ms`: from the recorder's ack of one event to a status query that
   sees it (`min_seq`), at a steady offered rate (default 1,000 events/s), with
   how busy the machine was meanwhile (`busy_pct`, and `steal_pct`: time the VM's
-  host gave to others; latency climbs steeply as the cores fill).
+  host gave to others; latency climbs steeply as the cores fill) and which
+  processes kept it busy (`cores`: the cores each used, children included).
 - `query_ms`: status, timeline and filtered-cases queries over NATS, p50 and p99
   (after a tenth as many unsampled: the first read of a block pays for its I/O).
 - `projector_peak_rss_mb`: the projector process's peak resident memory.
@@ -107,6 +108,31 @@ def cpu_use(before: list[int], after: list[int]) -> dict[str, float]:
         "busy_pct": round(100 * (total - idle - iowait - steal) / total, 1),
         "steal_pct": round(100 * steal / total, 1),
     }
+
+
+def service_pids(server: NatsServer, recorder: subprocess.Popen, projector: subprocess.Popen) -> dict[str, int]:
+    """The service processes whose CPU `visibility` reports."""
+    pids = {"projector": projector.pid, "recorder": recorder.pid}
+    if server.process is not None:
+        pids["nats-server"] = server.process.pid
+    return pids
+
+
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user and system) a process and its children have used so far (Linux);
+    0 for a process that is gone."""
+    ticks = 0
+    try:
+        pids = [pid, *_children(pid)]
+    except OSError:
+        return 0.0
+    for each in pids:
+        try:
+            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _hwm_kb(pid: int) -> int:
@@ -221,6 +247,7 @@ async def visibility(
     seconds: float = 10,
     per_request: int = 10,
     warmup_s: float = 1.0,
+    processes: dict[str, int] | None = None,
 ) -> dict:
     """Ack-to-visible latency at a steady offered rate, `per_request` events per submission.
 
@@ -228,6 +255,10 @@ async def visibility(
     sort last); the sample is the time from its ack to the answer of a status query
     with `min_seq` set to its last seq. The submissions of the first `warmup_s` are
     offered but not sampled (the first of a run pay for what is first done).
+
+    `processes` (name -> pid): `cores` says how many cores each used meanwhile, its
+    child processes with it, and this process (`harness`: the load and the queries)
+    apart from its children: where the machine's busy time went.
     """
     today = utc_today().isoformat()
     run = f"vis{int(time.time())}"
@@ -260,6 +291,9 @@ async def visibility(
 
     requests = unsampled + max(1, int(rate * seconds / per_request))
     tasks = []
+    processes = processes or {}
+    used = {name: process_cpu_s(pid) for name, pid in processes.items()}
+    own = time.process_time()
     before = cpu_times()
     started = time.perf_counter()
     for n in range(requests):
@@ -268,7 +302,12 @@ async def visibility(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(submit(n)))
     await asyncio.gather(*tasks)
-    return {**percentiles(latencies), **cpu_use(before, cpu_times())}
+    load = cpu_use(before, cpu_times())
+    elapsed = time.perf_counter() - started
+    cores = {name: round((process_cpu_s(pid) - used[name]) / elapsed, 2) for name, pid in processes.items()}
+    if cores:
+        cores["harness"] = round((time.process_time() - own) / elapsed, 2)
+    return {**percentiles(latencies), **load, **({"cores": cores} if cores else {})}
 
 
 async def timed(samples: int, ask: Callable[[int], Awaitable[Any]]) -> dict[str, float]:
@@ -340,7 +379,7 @@ async def run(events: int = 1_000_000, data_dir: Path | None = None, rate: float
         bare = (bare_before + bare_after) / 2  # the ceiling moves with the VM: measured on both sides
         print(f"bare ordered consumer again: {bare_after:,.0f} events/s", file=sys.stderr)
         latency = await query_latency(queries, case_ids, samples)
-        seen = await visibility(nc, queries, rate, seconds)
+        seen = await visibility(nc, queries, rate, seconds, processes=service_pids(server, services[0], projector))
         rss = peak_rss_mb(projector.pid)
         await nc.close()
         return {

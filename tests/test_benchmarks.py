@@ -6,9 +6,14 @@ No timing here: the harness measures and reports (`python -m benchmarks`).
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
+import time
 from collections import Counter
 
 from benchmarks.harness import TARGETS, Plan, ratios, table
+from benchmarks.projection import process_cpu_s
 from benchmarks.workload import encoded, generate
 from schemas.dates import utc_today
 from schemas.validation import decode_event
@@ -27,7 +32,8 @@ RESULT = {
     "visibility_ms": {"p50": 20.0, "p99": 60.0},
     "visibility_by_rate": [
         {"events_per_s": 100, "p50": 10.0, "p99": 30.0},
-        {"events_per_s": 1000, "p50": 20.0, "p99": 60.0, "busy_pct": 91.4, "steal_pct": 3.0},
+        {"events_per_s": 1000, "p50": 20.0, "p99": 60.0, "busy_pct": 91.4, "steal_pct": 3.0,
+         "cores": {"recorder": 0.2, "projector": 0.71, "nats-server": 0.4, "harness": 0.1}},
     ],
     "query_ms": {"status_p99": 4.0, "timeline_p99": 9.0, "cases_p99": 40.0},
     "rss_mb": {"recorder": 300.0, "projector": 900.0},
@@ -87,7 +93,11 @@ def test_targets_are_judged_on_the_ratios_the_table_shows() -> None:
     assert "| catch-up from empty | 20,000 events/s | 0.55 of a bare ordered consumer (36,000/s)" in text
     assert "- NOT met: visibility p99 under 50 ms (at 1,000 events/s)" in text
     assert "| ack to visible at 100/s | p50 10.0 ms, p99 30.0 ms |" in text
-    assert "| ack to visible at 1,000/s | p50 20.0 ms, p99 60.0 ms | machine 91% busy, 3% stolen by the VM's host |" in text
+    assert (
+        "| ack to visible at 1,000/s | p50 20.0 ms, p99 60.0 ms | machine 91% busy (cores: projector 0.71, "
+        "nats-server 0.40, recorder 0.20, harness 0.10), 3% stolen by the VM's host |"
+    ) in text
+    assert "| ack to visible at 100/s | p50 10.0 ms, p99 30.0 ms |  |  |" in text  # no load measured
     assert "- met: projector under 1 GiB" in text
     assert "| ingest in submissions of 10 (16 in flight) | 5,000 events/s |" in text
 
@@ -118,3 +128,19 @@ def test_the_plan_sizes_replays_and_measures_each_visibility_rate_long_enough_fo
     assert plan.visibility_seconds(100) == 50.0  # 500 submissions of ten
     quick = Plan(50_000, quick=True)
     assert quick.visibility_seconds(100) == 10.0
+
+
+def test_the_cpu_of_a_process_counts_its_children_and_a_process_gone_counts_none() -> None:
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\ntime.sleep(30)"
+    before = process_cpu_s(os.getpid())
+    child = subprocess.Popen([sys.executable, "-c", spin])
+    try:
+        deadline = time.monotonic() + 20
+        while process_cpu_s(child.pid) < 0.4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert process_cpu_s(child.pid) >= 0.4
+        assert process_cpu_s(os.getpid()) - before >= 0.4  # the child's spin, counted for its parent
+    finally:
+        child.kill()
+        child.wait()
+    assert process_cpu_s(child.pid) == 0.0
