@@ -175,6 +175,9 @@ class ProjectionStore:
         self.broken = False
         # case_id -> its case_status row as committed (under `_lock`, with `position`).
         self._recent: dict[str, tuple] = {}
+        # The last seq whose status rows `recent_status` answers with: the checkpoint, or
+        # beyond it, a batch prepared with `publish` and not yet committed.
+        self.published: int = self.position
 
     def _create_or_check(self) -> None:
         con = self.con
@@ -217,6 +220,7 @@ class ProjectionStore:
         self.seqs = self._load_seqs()
         self._uncommitted.clear()
         self._recent.clear()
+        self.published = self.position
         self.broken = False
 
     def checkpoint(self) -> bool:
@@ -236,17 +240,19 @@ class ProjectionStore:
         return self.con.cursor()
 
     def recent_status(self, case_id: str) -> tuple[int, tuple] | None:
-        """`(checkpoint, row)`: the case's committed `case_status` row, as of the checkpoint,
-        if a recent commit wrote it; None otherwise (ask the file).
+        """`(published, row)`: the case's `case_status` row as of `published`, if a recent
+        batch wrote it; None otherwise (ask the file).
 
-        A commit replaces or drops the rows of every case it changes before its
-        checkpoint moves, so the row is the one a reader of the file would see at
-        that checkpoint; a case that no longer has a row (all its events retracted)
-        is not kept.
+        `published` is the checkpoint, or beyond it the last seq of a batch prepared
+        with `publish` whose commit has not ended yet (its rows are the ones it will
+        write). A commit, or a published batch, replaces or drops the rows of every
+        case it changes before `published` moves, so the row is the one a reader of
+        the file sees once the file reaches that seq; a case that no longer has a row
+        (all its events retracted) is not kept.
         """
         with self._lock:
             row = self._recent.get(case_id)
-            return None if row is None else (self.position, row)
+            return None if row is None else (self.published, row)
 
     def case_seqs(self, case_id: str) -> list[int]:
         """The record seqs of a case's rows (committed, or about to be: readers filter)."""
@@ -263,12 +269,17 @@ class ProjectionStore:
         prepared = self.prepare(batch)
         return self.position if prepared is None else self.commit(prepared)
 
-    def prepare(self, batch: Sequence[tuple[int, bytes]]) -> Prepared | None:
+    def prepare(self, batch: Sequence[tuple[int, bytes]], *, publish: bool = False) -> Prepared | None:
         """Fold the new records of a batch into rows, ready for `commit`.
 
         It may run while batches prepared before it commit (on another thread), or
         before they do: `commit` them in the order they were prepared. After a
         failed commit, `reset` first: the folds may hold what was never committed.
+
+        `publish` (following the head): `recent_status` answers with the batch's
+        status rows at once, as of its last seq, before its commit (`published`).
+        Only when every batch before it is committed or published, and it is small
+        enough to be kept whole (RECENT_STATUS rows).
         """
         if self.broken:
             raise RuntimeError("a commit failed: reset the store first")
@@ -276,6 +287,7 @@ class ProjectionStore:
         amended: set[str] = set()  # cases with a correction or retraction in the batch
         with self._lock:  # the last seq prepared: committed, or about to be
             last_seq = self._uncommitted[-1].last_seq if self._uncommitted else self.position
+        before = last_seq
         for seq, data in batch:
             if seq <= last_seq:
                 continue  # delivered again: already applied
@@ -307,6 +319,9 @@ class ProjectionStore:
             seqs.extend([item.record.seq for item in items])
         with self._lock:
             self._uncommitted.append(prepared)
+            if publish and self.published == before and len(prepared.status) <= RECENT_STATUS:
+                self._remember([prepared])
+                self.published = prepared.last_seq
         return prepared
 
     def commit(self, prepared: Prepared, *, hold: bool = False) -> int:
@@ -350,7 +365,12 @@ class ProjectionStore:
         with self._lock:
             self.position = self._held.last_seq
             del self._uncommitted[: len(self._held.batches)]
-            self._remember(self._held.batches)
+            # Published batches are remembered already (and maybe cases of later ones
+            # since): only the others.
+            unpublished = [p for p in self._held.batches if p.last_seq > self.published]
+            if unpublished:
+                self._remember(unpublished)
+            self.published = max(self.published, self.position)
         self._held = _Held(self.position)
         return self.position
 

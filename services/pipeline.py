@@ -35,7 +35,9 @@ class Pipeline:
     """Batches in, commits out.
 
     On the event loop, `committed(position)` runs as each commit ends, and
-    `written(last_seq)` as each batch is written or held (progress to show).
+    `written(last_seq)` as each batch is written or held (progress to show);
+    following the head, `published(last_seq)` as each batch's status rows are
+    answered from memory, before its commit (`ProjectionStore.prepare`'s `publish`).
     """
 
     def __init__(
@@ -45,9 +47,10 @@ class Pipeline:
         writer: ThreadPoolExecutor,
         committed: Callable[[int], None] | None = None,
         written: Callable[[int], None] | None = None,
+        published: Callable[[int], None] | None = None,
     ) -> None:
         self.store, self.folder, self.writer = store, folder, writer
-        self.committed, self.written = committed, written
+        self.committed, self.written, self.published = committed, written, published
         self._committing: asyncio.Future[int] | None = None
         self._position = store.position  # the last checkpoint `committed` was told of
 
@@ -80,11 +83,17 @@ class Pipeline:
         no hand-over between threads. `committed` is told of each commit.
         """
         loop = asyncio.get_running_loop()
+        publish: Callable[[int], None] | None = None
+        if self.published is not None:
+            published = self.published
+
+            def publish(last_seq: int) -> None:
+                loop.call_soon_threadsafe(published, last_seq)
 
         def run() -> int:
             while (taken := take()) is not None:
                 batch, at_head = taken
-                position = _fold_and_commit(self.store, batch)
+                position = _fold_and_commit(self.store, batch, publish)
                 _freeze_after(batch, False)
                 loop.call_soon_threadsafe(self._advanced, position)
                 if not at_head:
@@ -161,9 +170,17 @@ def _freeze_after(batch: Sequence[tuple[int, bytes]], freeze: bool) -> None:
         gc.freeze()
 
 
-def _fold_and_commit(store: ProjectionStore, batch: Sequence[tuple[int, bytes]]) -> int:
-    prepared = store.prepare(batch)
-    return store.position if prepared is None else _commit(store, prepared, False)
+def _fold_and_commit(
+    store: ProjectionStore, batch: Sequence[tuple[int, bytes]], published: Callable[[int], None] | None = None
+) -> int:
+    """Fold and commit; `published(last_seq)` in between, if the batch's status rows
+    are answered before its commit (`ProjectionStore.prepare`'s `publish`)."""
+    prepared = store.prepare(batch, publish=published is not None)
+    if prepared is None:
+        return store.position
+    if published is not None and store.published >= prepared.last_seq:
+        published(prepared.last_seq)
+    return _commit(store, prepared, False)
 
 
 def _commit(store: ProjectionStore, prepared: Prepared, hold: bool) -> int:

@@ -87,13 +87,15 @@ class Projector:
         self.db_path = Path(db_path)
         self.memory_limit = memory_limit
         self.threads = threads
-        self.position = 0
+        self.position = 0  # the checkpoint: what every query sees
+        self.published = 0  # what a status question sees (`ProjectionStore.published`)
         self._readers_wanted = readers
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="projector-writer")
         self._folder = ThreadPoolExecutor(1, thread_name_prefix="projector-fold")
         self._query_threads = ThreadPoolExecutor(readers, thread_name_prefix="projector-query")
         self._readers: queue.SimpleQueue[Reader] = queue.SimpleQueue()
         self._advanced = asyncio.Event()
+        self._published = asyncio.Event()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_QUERIES)
         self._follow_task: asyncio.Task[None] | None = None
         self._answering: set[asyncio.Task[None]] = set()
@@ -112,7 +114,7 @@ class Projector:
         # A file of other projection versions is rebuilt beside it, then swapped in.
         await rebuild_if_outdated(self.settings, self.db_path, memory_limit=self.memory_limit)
         self.store = await loop.run_in_executor(self._writer, self._open)
-        self.position = self.store.position
+        self.position = self.published = self.store.position
         log.info("projection %s at seq %d (%d cases)", self.db_path, self.position, len(self.store.seqs))
         self.nc = await connect(self.settings, "casetrail-projector")
         await self._check_log()
@@ -193,7 +195,7 @@ class Projector:
         assert self.store is not None
         store = self.store
         loop = asyncio.get_running_loop()
-        pipeline = Pipeline(store, self._folder, self._writer, self._committed)
+        pipeline = Pipeline(store, self._folder, self._writer, self._committed, published=self._publish)
         first = True
         try:
             async with ChildFeed(self.settings, self.position + 1) as feed:
@@ -220,16 +222,24 @@ class Projector:
         self.position = position
         advanced, self._advanced = self._advanced, asyncio.Event()
         advanced.set()
+        self._publish(position)
 
-    async def wait_for(self, seq: int, timeout: float) -> bool:
-        """Until the projection has applied `seq`; False if that took longer than `timeout`."""
+    def _publish(self, position: int) -> None:
+        if position > self.published:
+            self.published = position
+            published, self._published = self._published, asyncio.Event()
+            published.set()
+
+    async def wait_for(self, seq: int, timeout: float, *, published: bool = False) -> bool:
+        """Until the projection has applied `seq` (`published`: until status questions
+        see it); False if that took longer than `timeout`."""
         deadline = time.monotonic() + timeout
-        while self.position < seq:
+        while (self.published if published else self.position) < seq:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return False
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._advanced.wait(), remaining)
+                await asyncio.wait_for((self._published if published else self._advanced).wait(), remaining)
         return True
 
     # -- swapping the file under a running projector (services.replay)
@@ -249,7 +259,7 @@ class Projector:
         """Follow the log again from what the store has committed."""
         assert self.store is not None
         await asyncio.get_running_loop().run_in_executor(self._writer, self.store.reset)
-        self.position = self.store.position
+        self.position = self.published = self.store.position
         self._follow_task = asyncio.create_task(self._follow(), name="projector-follow")
 
     async def swap_file(self, replace_file: Any) -> None:
@@ -268,7 +278,7 @@ class Projector:
                 replace_file()
             finally:
                 self.store = self._open()
-                self.position = self.store.position
+                self.position = self.published = self.store.position
 
         await asyncio.get_running_loop().run_in_executor(self._writer, swap)
 
@@ -310,20 +320,22 @@ class Projector:
 
     async def _ask(self, name: str, body: bytes) -> bytes:
         request = decode_request(name, body)
-        if request.min_seq is not None and not await self.wait_for(request.min_seq, request.wait_bound()):
-            raise QueryError(
-                "not_caught_up",
-                f"the projection has applied seq {self.position}, not yet {request.min_seq}; "
-                "ask again shortly",
-            )
+        deadline = time.monotonic() + request.wait_bound()
         if name == "status" and request.on is None and request.known_at is None:
-            # A case a recent commit wrote is answered here, without a statement or a
-            # thread (most status questions right after a submission are such).
+            # A case a recent batch wrote is answered here, without a statement or a
+            # thread, from the row its commit writes, as soon as it is folded (most
+            # status questions right after a submission are such).
             assert self.store is not None
+            if request.min_seq is not None and not await self.wait_for(
+                request.min_seq, deadline - time.monotonic(), published=True
+            ):
+                raise _not_caught_up(self.published, request.min_seq)
             recent = self.store.recent_status(request.case_id)
             if recent is not None:
                 as_of_seq, row = recent
                 return _encoder.encode(case_status.from_row(row, utc_today(), as_of_seq))
+        if request.min_seq is not None and not await self.wait_for(request.min_seq, deadline - time.monotonic()):
+            raise _not_caught_up(self.position, request.min_seq)
         answer = await asyncio.get_running_loop().run_in_executor(
             self._query_threads, self._read, name, request
         )
@@ -335,6 +347,12 @@ class Projector:
             return _READS[name](reader, request, utc_today())
         finally:
             self._readers.put(reader)
+
+
+def _not_caught_up(applied: int, wanted: int) -> QueryError:
+    return QueryError(
+        "not_caught_up", f"the projection has applied seq {applied}, not yet {wanted}; ask again shortly"
+    )
 
 
 def _status(reader: Reader, request: StatusRequest, today: dt.date) -> Any:

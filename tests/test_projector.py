@@ -347,6 +347,53 @@ async def test_following_the_head_a_burst_sends_it_back_to_catch_up_then_it_foll
     assert changes[-3:] == [runtime.YOUNG, runtime.YOUNG_CATCHING_UP, runtime.YOUNG]
 
 
+async def test_at_the_head_a_status_is_answered_once_folded_before_its_commit_ends(
+    nats_server, nc, recorder, settings, tmp_path, monkeypatch
+) -> None:
+    """Following the head, a batch's status rows are answered as soon as it is folded
+    (its commit still going on); every other question waits for the commit."""
+    import threading
+
+    from projections.store import ProjectionStore
+    from services.projector import Projector
+
+    gate, blocked = threading.Event(), threading.Event()
+    transaction = ProjectionStore._transaction
+
+    def slow_transaction(store, held):
+        if any(row[0].startswith("held-") for p in held.batches for row in p.status.rows):
+            blocked.set()
+            gate.wait(30)  # the commit of the batch below, held up until the test lets it go
+        return transaction(store, held)
+
+    monkeypatch.setattr(ProjectionStore, "_transaction", slow_transaction)
+    projector = Projector(settings, tmp_path / "p.duckdb")
+    await projector.start()
+    queries = QueryClient(nc, timeout=15)
+    publisher = Publisher(nc, "ovd-info")
+    day = today().isoformat()
+    try:
+        (first,) = await publisher.submit_many([opened("free-1", occurred_on=day)])
+        await queries.status("free-1", min_seq=first.seq)
+        results = await publisher.submit_many(
+            [opened("held-1", occurred_on=day), event("detained", "held-1", "held-1-d", day)]
+        )
+        last = max(r.seq for r in results)
+        status = await queries.status("held-1", min_seq=last, wait_s=10)
+        assert blocked.is_set() and projector.position < last  # its commit has not ended
+        assert (status["custody"], status["events"], status["as_of_seq"]) == ("in_custody", 2, last)
+        with pytest.raises(QueryError) as waited:
+            await queries.timeline("held-1", min_seq=last, wait_s=0.5)
+        assert waited.value.code == "not_caught_up"
+        gate.set()
+        timeline = await queries.timeline("held-1", min_seq=last, wait_s=10)
+        assert [entry["type"] for entry in timeline["timeline"]] == ["case_opened", "detained"]
+        assert await queries.status("held-1", min_seq=last) == status  # the row the commit wrote
+    finally:
+        gate.set()
+        await projector.stop()
+
+
 async def test_up_demo_answers_the_sample_case_status(tmp_path) -> None:
     from services.natsserver import free_port
 

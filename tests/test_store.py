@@ -12,7 +12,7 @@ import pytest
 from projections.columns import Rows
 from projections.queries import Reader
 from projections.status import CaseStatus, derive_status
-from projections.store import ProjectionStore
+from projections.store import ProjectionStore, checkpoint_of
 from tests.helpers import event, opened
 from tests.histories import TODAY, delivered, records
 
@@ -311,6 +311,39 @@ def test_recent_status_rows_follow_each_commit_and_a_case_retracted_away_is_not_
     assert store.recent_status(other)[0] == 5  # untouched since, still its row: as of the checkpoint
     store.reset()
     assert store.recent_status(other) is None  # after a failure: asked of the file
+    store.close()
+
+
+def test_a_published_batch_is_answered_before_its_commit_and_forgotten_when_the_commit_fails(tmp_path) -> None:
+    case = "ru-2024-published"
+    recs = records([
+        opened(case, occurred_on="2024-01-10"),
+        event("detained", case, "d", "2024-01-11"),
+        event("charged", case, "c", "2024-01-12",
+              charges=[{"code": "RU-CC", "article": "207.3", "part": "2"}]),
+        event("released", case, "r", "2024-01-13", reason="other"),
+    ])
+    log = delivered(recs)
+    store = ProjectionStore(tmp_path / "p.duckdb")
+    cur = store.reader()
+    store.apply(log[:1])
+    prepared = store.prepare(log[1:3], publish=True)
+    assert (store.position, store.published) == (1, 3)
+    published, row = store.recent_status(case)
+    assert published == 3 and row[6] == ["RU-CC 207.3(2)"]  # charges, before the commit
+    assert checkpoint_of(cur) == 1  # the file has not got it yet
+    store.commit(prepared)
+    assert store.recent_status(case) == (3, row)
+    assert cur.execute("SELECT * FROM case_status WHERE case_id = ?", [case]).fetchall() == [tuple(row)]
+    # Prepared without `publish`: answered after its commit only.
+    unpublished = store.prepare(log[3:4])
+    assert store.published == 3 and store.recent_status(case) == (3, row)
+    store.reset()  # as after a failed commit: what was prepared is dropped
+    assert store.prepare(log[3:4], publish=True) is not None and store.published == 4
+    assert store.recent_status(case)[1][4] == "at_liberty"  # custody after the release
+    store.reset()
+    assert (store.position, store.published, store.recent_status(case)) == (3, 3, None)
+    assert unpublished is not None
     store.close()
 
 
