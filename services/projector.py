@@ -331,7 +331,8 @@ class Projector:
             ):
                 raise _not_caught_up(self.published, request.min_seq)
             recent = self.store.recent_status(request.case_id)
-            if recent is not None:
+            # (Behind `min_seq` only if the store started again meanwhile: then ask the file.)
+            if recent is not None and (request.min_seq is None or recent[0] >= request.min_seq):
                 as_of_seq, row = recent
                 return _encoder.encode(case_status.from_row(row, utc_today(), as_of_seq))
         if request.min_seq is not None and not await self.wait_for(request.min_seq, deadline - time.monotonic()):
