@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import logging
 import time
@@ -83,12 +84,7 @@ class Pipeline:
         no hand-over between threads. `committed` is told of each commit.
         """
         loop = asyncio.get_running_loop()
-        publish: Callable[[int], None] | None = None
-        if self.published is not None:
-            published = self.published
-
-            def publish(last_seq: int) -> None:
-                loop.call_soon_threadsafe(published, last_seq)
+        publish = None if self.published is None else functools.partial(loop.call_soon_threadsafe, self.published)
 
         def run() -> int:
             while (taken := take()) is not None:

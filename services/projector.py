@@ -69,6 +69,31 @@ RETRY_S = 1.0
 _encoder = msgspec.json.Encoder()
 
 
+class Watermark:
+    """A seq that moves forward on the event loop, and waiting until it reaches one."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self._moved = asyncio.Event()
+
+    def advance(self, seq: int) -> None:
+        if seq > self.seq:
+            self.seq = seq
+            moved, self._moved = self._moved, asyncio.Event()
+            moved.set()
+
+    async def wait(self, seq: int, timeout: float) -> bool:
+        """Until it reaches `seq`; False if that took longer than `timeout`."""
+        deadline = time.monotonic() + timeout
+        while self.seq < seq:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._moved.wait(), remaining)
+        return True
+
+
 class Projector:
     """The store, the log it follows, and the queries it answers."""
 
@@ -87,15 +112,13 @@ class Projector:
         self.db_path = Path(db_path)
         self.memory_limit = memory_limit
         self.threads = threads
-        self.position = 0  # the checkpoint: what every query sees
-        self.published = 0  # what a status question sees (`ProjectionStore.published`)
+        self.applied = Watermark()  # the checkpoint: what every question sees
+        self.published = Watermark()  # what a current status sees (`ProjectionStore.published`)
         self._readers_wanted = readers
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="projector-writer")
         self._folder = ThreadPoolExecutor(1, thread_name_prefix="projector-fold")
         self._query_threads = ThreadPoolExecutor(readers, thread_name_prefix="projector-query")
         self._readers: queue.SimpleQueue[Reader] = queue.SimpleQueue()
-        self._advanced = asyncio.Event()
-        self._published = asyncio.Event()
         self._slots = asyncio.Semaphore(MAX_CONCURRENT_QUERIES)
         self._follow_task: asyncio.Task[None] | None = None
         self._answering: set[asyncio.Task[None]] = set()
@@ -114,7 +137,7 @@ class Projector:
         # A file of other projection versions is rebuilt beside it, then swapped in.
         await rebuild_if_outdated(self.settings, self.db_path, memory_limit=self.memory_limit)
         self.store = await loop.run_in_executor(self._writer, self._open)
-        self.position = self.published = self.store.position
+        self._restart_at(self.store.position)
         log.info("projection %s at seq %d (%d cases)", self.db_path, self.position, len(self.store.seqs))
         self.nc = await connect(self.settings, "casetrail-projector")
         await self._check_log()
@@ -195,7 +218,7 @@ class Projector:
         assert self.store is not None
         store = self.store
         loop = asyncio.get_running_loop()
-        pipeline = Pipeline(store, self._folder, self._writer, self._committed, published=self._publish)
+        pipeline = Pipeline(store, self._folder, self._writer, self._committed, published=self.published.advance)
         first = True
         try:
             async with ChildFeed(self.settings, self.position + 1) as feed:
@@ -218,29 +241,18 @@ class Projector:
         finally:
             await pipeline.close()
 
+    @property
+    def position(self) -> int:
+        """The checkpoint: the last seq the projection has applied."""
+        return self.applied.seq
+
+    def _restart_at(self, position: int) -> None:
+        """The store (re)opened or reset at `position`: both marks go there."""
+        self.applied.seq = self.published.seq = position
+
     def _committed(self, position: int) -> None:
-        self.position = position
-        advanced, self._advanced = self._advanced, asyncio.Event()
-        advanced.set()
-        self._publish(position)
-
-    def _publish(self, position: int) -> None:
-        if position > self.published:
-            self.published = position
-            published, self._published = self._published, asyncio.Event()
-            published.set()
-
-    async def wait_for(self, seq: int, timeout: float, *, published: bool = False) -> bool:
-        """Until the projection has applied `seq` (`published`: until status questions
-        see it); False if that took longer than `timeout`."""
-        deadline = time.monotonic() + timeout
-        while (self.published if published else self.position) < seq:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for((self._published if published else self._advanced).wait(), remaining)
-        return True
+        self.applied.advance(position)
+        self.published.advance(position)
 
     # -- swapping the file under a running projector (services.replay)
 
@@ -259,7 +271,7 @@ class Projector:
         """Follow the log again from what the store has committed."""
         assert self.store is not None
         await asyncio.get_running_loop().run_in_executor(self._writer, self.store.reset)
-        self.position = self.published = self.store.position
+        self._restart_at(self.store.position)
         self._follow_task = asyncio.create_task(self._follow(), name="projector-follow")
 
     async def swap_file(self, replace_file: Any) -> None:
@@ -278,7 +290,7 @@ class Projector:
                 replace_file()
             finally:
                 self.store = self._open()
-                self.position = self.published = self.store.position
+                self._restart_at(self.store.position)
 
         await asyncio.get_running_loop().run_in_executor(self._writer, swap)
 
@@ -326,16 +338,16 @@ class Projector:
             # thread, from the row its commit writes, as soon as it is folded (most
             # status questions right after a submission are such).
             assert self.store is not None
-            if request.min_seq is not None and not await self.wait_for(
-                request.min_seq, deadline - time.monotonic(), published=True
+            if request.min_seq is not None and not await self.published.wait(
+                request.min_seq, deadline - time.monotonic()
             ):
-                raise _not_caught_up(self.published, request.min_seq)
+                raise _not_caught_up(self.published.seq, request.min_seq)
             recent = self.store.recent_status(request.case_id)
             # (Behind `min_seq` only if the store started again meanwhile: then ask the file.)
             if recent is not None and (request.min_seq is None or recent[0] >= request.min_seq):
                 as_of_seq, row = recent
                 return _encoder.encode(case_status.from_row(row, utc_today(), as_of_seq))
-        if request.min_seq is not None and not await self.wait_for(request.min_seq, deadline - time.monotonic()):
+        if request.min_seq is not None and not await self.applied.wait(request.min_seq, deadline - time.monotonic()):
             raise _not_caught_up(self.position, request.min_seq)
         answer = await asyncio.get_running_loop().run_in_executor(
             self._query_threads, self._read, name, request
